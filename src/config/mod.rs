@@ -1,0 +1,447 @@
+//! Route files: loading, parsing (shape) and validation (meaning).
+//!
+//! `load` reads files and directories into a [`SourceMap`]; `parse` turns each file into
+//! spanned raw structs; `validate` turns all of them into one [`Config`] or a list of
+//! diagnostics. Nothing here touches the network or the kernel.
+
+pub mod parse;
+pub mod validate;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::diag::{Diagnostic, SourceMap, Sp, Span};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineChoice {
+    Auto,
+    Nftables,
+    Userspace,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Nftables,
+    Userspace,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    All,
+}
+
+impl Protocol {
+    /// The transport protocols this choice covers.
+    pub fn l4(self) -> &'static [L4] {
+        match self {
+            Protocol::Tcp => &[L4::Tcp],
+            Protocol::Udp => &[L4::Udp],
+            Protocol::All => &[L4::Tcp, L4::Udp],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L4 {
+    Tcp,
+    Udp,
+}
+
+impl L4 {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L4::Tcp => "tcp",
+            L4::Udp => "udp",
+        }
+    }
+}
+
+/// An inclusive port range; a single port is `first == last`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn len(self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+
+    pub fn overlaps(self, other: PortRange) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
+
+    pub fn contains(self, other: PortRange) -> bool {
+        self.first <= other.first && other.last <= self.last
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionKind {
+    Forward,
+    Block,
+    Redirect,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Affinity {
+    None,
+    Source,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "value")]
+pub enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum TargetPort {
+    /// Always this port.
+    Fixed { port: u16 },
+    /// The port the packet was sent to.
+    Preserve,
+    /// `first-last`, mapped 1:1 from the route's one matched range.
+    Range { first: u16, last: u16 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Target {
+    pub host: Sp<Host>,
+    pub port: TargetPort,
+    pub weight: u32,
+}
+
+/// `N/unit [burst M]` for new connections per source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Rate {
+    pub count: u64,
+    pub unit: TimeUnit,
+    pub burst: u64,
+}
+
+/// `N bytes|kbytes|mbytes/unit`, burst one unit's worth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ByteRate {
+    pub amount: u64,
+    pub size: SizeUnit,
+    pub unit: TimeUnit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeUnit {
+    Second,
+    Minute,
+    Hour,
+    Day,
+}
+
+impl TimeUnit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeUnit::Second => "second",
+            TimeUnit::Minute => "minute",
+            TimeUnit::Hour => "hour",
+            TimeUnit::Day => "day",
+        }
+    }
+
+    pub fn seconds(self) -> u64 {
+        match self {
+            TimeUnit::Second => 1,
+            TimeUnit::Minute => 60,
+            TimeUnit::Hour => 3600,
+            TimeUnit::Day => 86_400,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SizeUnit {
+    Bytes,
+    Kbytes,
+    Mbytes,
+}
+
+impl SizeUnit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SizeUnit::Bytes => "bytes",
+            SizeUnit::Kbytes => "kbytes",
+            SizeUnit::Mbytes => "mbytes",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Security {
+    /// Merged, sorted, non-overlapping.
+    pub allow: Vec<IpNet>,
+    pub allow_set: bool,
+    pub block: Vec<IpNet>,
+    pub max_connections: Option<u32>,
+    pub rate_limit: Option<Rate>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NftOptions {
+    pub preserve_source_ip: bool,
+    pub max_rate: Option<ByteRate>,
+    pub priority: Option<u8>,
+    pub use_ip_sets: bool,
+    pub use_advanced_nat: bool,
+}
+
+impl Default for NftOptions {
+    fn default() -> Self {
+        Self {
+            preserve_source_ip: false,
+            max_rate: None,
+            priority: None,
+            use_ip_sets: true,
+            use_advanced_nat: false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    Passthrough,
+    Terminate,
+    TerminateAndReencrypt,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Tls {
+    pub mode: TlsMode,
+    /// Absolute or relative-to-cwd paths, resolved against the route file's folder.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Redirect {
+    pub to: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Settings {
+    pub table: String,
+    pub default_engine: EngineChoice,
+    pub ct_mark_mask: u32,
+    pub log_group: u16,
+    #[serde(skip)]
+    pub span: Option<Span>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            table: "smartproxy".into(),
+            default_engine: EngineChoice::Auto,
+            ct_mark_mask: 0x00ff_0000,
+            log_group: 0,
+            span: None,
+        }
+    }
+}
+
+/// One validated route. `order` is its position across all files (file name order, then
+/// position in the file): the tie-breaker for userspace matching.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Route {
+    pub name: String,
+    #[serde(skip)]
+    pub name_span: Span,
+    pub description: String,
+    pub enabled: bool,
+    pub priority: i64,
+    pub log: bool,
+    pub order: usize,
+    pub protocol: Protocol,
+    pub ports: Vec<PortRange>,
+    #[serde(skip)]
+    pub ports_span: Span,
+    pub domains: Vec<String>,
+    pub addresses: Vec<IpAddr>,
+    pub kind: ActionKind,
+    pub engine: Engine,
+    pub targets: Vec<Target>,
+    pub affinity: Affinity,
+    pub security: Security,
+    pub nftables: NftOptions,
+    pub tls: Option<Tls>,
+    pub redirect: Option<Redirect>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Config {
+    pub settings: Settings,
+    pub routes: Vec<Route>,
+}
+
+/// What `load` and `validate` produced: the sources (for rendering diagnostics), the
+/// diagnostics, and the config when there were no errors.
+#[derive(Debug)]
+pub struct Loaded {
+    pub sources: SourceMap,
+    pub diagnostics: Vec<Diagnostic>,
+    pub config: Option<Config>,
+}
+
+impl Loaded {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Reads PATHs (files, or directories of `*.toml` merged in name order), parses and
+/// validates them. I/O problems are diagnostics too, so one run reports everything.
+pub fn load(paths: &[PathBuf]) -> Loaded {
+    let mut sources = SourceMap::default();
+    let mut diagnostics = Vec::new();
+    let mut files = Vec::new();
+    for path in paths {
+        for file in expand(path, &mut sources, &mut diagnostics) {
+            files.push(file);
+        }
+    }
+    let mut parsed = Vec::new();
+    for (display, bytes) in files {
+        let (text, bad_utf8) = match String::from_utf8(bytes) {
+            Ok(text) => (text, None),
+            Err(err) => {
+                let valid = err.utf8_error().valid_up_to();
+                let bytes = err.into_bytes();
+                (
+                    String::from_utf8_lossy(&bytes[..valid]).into_owned(),
+                    Some(valid),
+                )
+            }
+        };
+        let id = sources.add(display.clone(), text);
+        if let Some(offset) = bad_utf8 {
+            diagnostics.push(
+                Diagnostic::error(
+                    "E002",
+                    Span::new(id, offset..offset),
+                    "file is not valid UTF-8",
+                )
+                .label("first invalid byte here")
+                .help("save the route file as UTF-8"),
+            );
+            continue;
+        }
+        let raw = parse::parse_file(id, &sources.file(id).text, &mut diagnostics);
+        let dir = Path::new(&display)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        parsed.push((id, dir, raw));
+    }
+    let config = validate::validate(&parsed, &mut diagnostics);
+    crate::diag::sort(&mut diagnostics);
+    let config = if diagnostics.iter().any(Diagnostic::is_error) {
+        None
+    } else {
+        Some(config)
+    };
+    Loaded {
+        sources,
+        diagnostics,
+        config,
+    }
+}
+
+/// A path's route files with their bytes, in name order for a directory.
+fn expand(
+    path: &Path,
+    sources: &mut SourceMap,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut io_error = |message: String, help: &str| {
+        let id = sources.add(path.display().to_string(), String::new());
+        diagnostics.push(Diagnostic::error("E007", Span::new(id, 0..0), message).help(help));
+    };
+    if path.is_dir() {
+        let entries = match std::fs::read_dir(path) {
+            Ok(entries) => entries,
+            Err(err) => {
+                io_error(
+                    format!("cannot read directory: {err}"),
+                    "check the path and its permissions",
+                );
+                return Vec::new();
+            }
+        };
+        let mut names: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+            .collect();
+        names.sort();
+        if names.is_empty() {
+            io_error(
+                "directory holds no `*.toml` route files".into(),
+                "put route files named `*.toml` in it, or name a file",
+            );
+        }
+        names
+            .into_iter()
+            .filter_map(|p| match std::fs::read(&p) {
+                Ok(bytes) => Some((p.display().to_string(), bytes)),
+                Err(err) => {
+                    let id = sources.add(p.display().to_string(), String::new());
+                    diagnostics.push(
+                        Diagnostic::error(
+                            "E007",
+                            Span::new(id, 0..0),
+                            format!("cannot read file: {err}"),
+                        )
+                        .help("check the path and its permissions"),
+                    );
+                    None
+                }
+            })
+            .collect()
+    } else {
+        match std::fs::read(path) {
+            Ok(bytes) => vec![(path.display().to_string(), bytes)],
+            Err(err) => {
+                io_error(
+                    format!("cannot read file: {err}"),
+                    "check the path and its permissions",
+                );
+                Vec::new()
+            }
+        }
+    }
+}

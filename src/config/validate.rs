@@ -1,0 +1,1226 @@
+//! Raw route files -> one [`Config`], collecting every error.
+//!
+//! Checks meaning: name syntax and uniqueness, ports and ranges, hosts, CIDRs, rates, enum
+//! values, certificate files, engine rules, conflicts between routes. It never resolves a
+//! name and never touches the kernel. Each finding is a [`Diagnostic`] with a stable code;
+//! the codes are listed in `docs/diagnostics.md`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+use super::parse::{RawFile, RawPort, RawRoute, RawSettings};
+use super::{
+    ActionKind, Affinity, ByteRate, Config, Engine, EngineChoice, Host, NftOptions, PortRange,
+    Protocol, Rate, Redirect, Route, Security, Settings, SizeUnit, Target, TargetPort, TimeUnit,
+    Tls, TlsMode,
+};
+use crate::diag::{Diagnostic, FileId, Sp, Span};
+
+/// Validates all parsed files together; `dir` is each file's folder (certificate paths are
+/// relative to it).
+pub fn validate(files: &[(FileId, PathBuf, RawFile)], diags: &mut Vec<Diagnostic>) -> Config {
+    let settings = settings(files, diags);
+    let mut routes = Vec::new();
+    for (_, dir, raw) in files {
+        for raw_route in &raw.routes {
+            if let Some(route) = route(raw_route, routes.len(), dir, &settings, diags) {
+                routes.push(route);
+            }
+        }
+    }
+    unique_names(&routes, diags);
+    conflicts(&routes, diags);
+    shadowed(&routes, diags);
+    mark_capacity(&settings, &routes, diags);
+    Config { settings, routes }
+}
+
+// ---- settings ---------------------------------------------------------------------------
+
+fn settings(files: &[(FileId, PathBuf, RawFile)], diags: &mut Vec<Diagnostic>) -> Settings {
+    let mut found: Vec<&RawSettings> = files
+        .iter()
+        .filter_map(|(_, _, f)| f.settings.as_ref())
+        .collect();
+    let Some(first) = found.first().copied() else {
+        return Settings::default();
+    };
+    for other in found.drain(1..) {
+        diags.push(
+            Diagnostic::error("E006", other.span, "`[settings]` is defined more than once")
+                .label("second `[settings]` here")
+                .also(first.span, "first `[settings]` here")
+                .help("keep `[settings]` in one file only (e.g. `00-settings.toml`)"),
+        );
+    }
+    let mut s = Settings {
+        span: Some(first.span),
+        ..Settings::default()
+    };
+    if let Some(table) = &first.table {
+        if table_name_ok(&table.value) {
+            s.table.clone_from(&table.value);
+        } else {
+            diags.push(
+                Diagnostic::error(
+                    "E027",
+                    table.span,
+                    format!("invalid table name `{}`", table.value),
+                )
+                .label("not a usable nftables table name")
+                .help("use [a-z][a-z0-9_]{0,31}, not an nft keyword (e.g. `smartproxy`)"),
+            );
+        }
+    }
+    if let Some(engine) = &first.default_engine {
+        if let Some(e) = engine_choice(engine, diags) {
+            s.default_engine = e;
+        }
+    }
+    if let Some(mask) = &first.ct_mark_mask {
+        match parse_mask(&mask.value) {
+            Ok(m) => s.ct_mark_mask = m,
+            Err(why) => diags.push(
+                Diagnostic::error("E026", mask.span, format!("invalid `ct_mark_mask`: {why}"))
+                    .label("here")
+                    .help("give one contiguous run of bits as hex, e.g. \"0x00ff0000\""),
+            ),
+        }
+    }
+    if let Some(group) = &first.log_group {
+        match u16::try_from(group.value) {
+            Ok(g) => s.log_group = g,
+            Err(_) => diags.push(out_of_range(group.span, "log_group", 0, 65535)),
+        }
+    }
+    s
+}
+
+fn table_name_ok(name: &str) -> bool {
+    name_syntax_ok(name) && !name.contains('-') && !crate::render::is_nft_keyword(name)
+}
+
+fn parse_mask(text: &str) -> Result<u32, &'static str> {
+    let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X"));
+    let value = match digits {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse::<u32>(),
+    }
+    .map_err(|_| "not a 32-bit hexadecimal or decimal number")?;
+    if value == 0 {
+        return Err("the mask is zero");
+    }
+    let shifted = value >> value.trailing_zeros();
+    if shifted & (shifted + 1) != 0 && shifted != u32::MAX {
+        return Err("the bits are not contiguous");
+    }
+    Ok(value)
+}
+
+fn engine_choice(value: &Sp<String>, diags: &mut Vec<Diagnostic>) -> Option<EngineChoice> {
+    one_of(
+        value,
+        &[
+            ("auto", EngineChoice::Auto),
+            ("nftables", EngineChoice::Nftables),
+            ("userspace", EngineChoice::Userspace),
+            ("node", EngineChoice::Userspace),
+        ],
+        diags,
+    )
+}
+
+/// Maps a string to one of a closed set of values, or reports E019 with the choices.
+fn one_of<T: Copy>(
+    value: &Sp<String>,
+    choices: &[(&str, T)],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<T> {
+    if let Some((_, v)) = choices.iter().find(|(k, _)| *k == value.value) {
+        return Some(*v);
+    }
+    let names: Vec<String> = choices
+        .iter()
+        .filter(|(k, _)| *k != "node")
+        .map(|(k, _)| format!("`{k}`"))
+        .collect();
+    let suggestion = choices
+        .iter()
+        .map(|(k, _)| (strsim::jaro_winkler(&value.value.to_lowercase(), k), *k))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let help = match suggestion {
+        Some((_, k)) => format!("did you mean `{k}`? expected one of {}", names.join(", ")),
+        None => format!("expected one of {}", names.join(", ")),
+    };
+    diags.push(
+        Diagnostic::error(
+            "E019",
+            value.span,
+            format!("unknown value `{}`", value.value),
+        )
+        .label("not one of the allowed values")
+        .help(help),
+    );
+    None
+}
+
+// ---- one route --------------------------------------------------------------------------
+
+fn missing(span: Span, what: &str, help: &str) -> Diagnostic {
+    Diagnostic::error("E005", span, format!("missing {what}"))
+        .label(format!("{what} is required here"))
+        .help(help.to_owned())
+}
+
+fn out_of_range(span: Span, what: &str, min: i64, max: i64) -> Diagnostic {
+    Diagnostic::error(
+        "E031",
+        span,
+        format!("`{what}` must be between {min} and {max}"),
+    )
+    .label("out of range")
+    .help(format!("use a value from {min} to {max}"))
+}
+
+fn name_syntax_ok(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && name.len() <= 32
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
+}
+
+#[allow(clippy::too_many_lines)]
+fn route(
+    raw: &RawRoute,
+    order: usize,
+    dir: &Path,
+    settings: &Settings,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Route> {
+    let before = diags.iter().filter(|d| d.is_error()).count();
+    let name = match &raw.name {
+        None => {
+            diags.push(missing(
+                raw.span,
+                "route `name`",
+                "add `name = \"my-route\"` to the route",
+            ));
+            None
+        }
+        Some(n) if !name_syntax_ok(&n.value) => {
+            diags.push(
+                Diagnostic::error("E010", n.span, format!("invalid route name `{}`", n.value))
+                    .label("must match [a-z][a-z0-9_-]{0,31}")
+                    .help("start with a lowercase letter; use lowercase letters, digits, `_` and `-`; at most 32 characters"),
+            );
+            None
+        }
+        Some(n) => Some(n.clone()),
+    };
+    let Some(m) = &raw.matcher else {
+        diags.push(missing(
+            raw.span,
+            "`[routes.match]`",
+            "add a `[routes.match]` table with at least `ports`",
+        ));
+        return None;
+    };
+    let protocol = m
+        .protocol
+        .as_ref()
+        .map_or(Some(Protocol::Tcp), |p| {
+            one_of(
+                p,
+                &[
+                    ("tcp", Protocol::Tcp),
+                    ("udp", Protocol::Udp),
+                    ("all", Protocol::All),
+                ],
+                diags,
+            )
+        })
+        .unwrap_or(Protocol::Tcp);
+    let (ports, ports_span) = match &m.ports {
+        None => {
+            diags.push(missing(
+                m.span,
+                "`ports`",
+                "add e.g. `ports = [80, \"8000-8010\"]`",
+            ));
+            (Vec::new(), m.span)
+        }
+        Some(list) if list.value.is_empty() => {
+            diags.push(
+                Diagnostic::error("E036", list.span, "`ports` is empty")
+                    .label("no port listed")
+                    .help("list at least one port or \"from-to\" range"),
+            );
+            (Vec::new(), list.span)
+        }
+        Some(list) => (
+            list.value
+                .iter()
+                .filter_map(|p| port_range(p, diags).map(|r| Sp::new(r, p.span)))
+                .collect(),
+            list.span,
+        ),
+    };
+    let domains: Vec<String> = m
+        .domains
+        .iter()
+        .flatten()
+        .filter_map(|d| domain(d, diags))
+        .collect();
+    let addresses: Vec<Sp<IpAddr>> = m
+        .addresses
+        .iter()
+        .flatten()
+        .filter_map(|a| match a.value.parse::<IpAddr>() {
+            Ok(ip) => Some(Sp::new(ip, a.span)),
+            Err(_) => {
+                diags.push(
+                    Diagnostic::error("E017", a.span, format!("invalid address `{}`", a.value))
+                        .label("not an IPv4 or IPv6 address")
+                        .help("give a local address literal such as \"203.0.113.10\" or \"2001:db8::10\""),
+                );
+                None
+            }
+        })
+        .collect();
+
+    let Some(action) = &raw.action else {
+        diags.push(missing(
+            raw.span,
+            "`[routes.action]`",
+            "add a `[routes.action]` table, e.g. `type = \"forward\"` with `targets`",
+        ));
+        return None;
+    };
+    let kind = action
+        .kind
+        .as_ref()
+        .map_or(Some(ActionKind::Forward), |k| {
+            one_of(
+                k,
+                &[
+                    ("forward", ActionKind::Forward),
+                    ("block", ActionKind::Block),
+                    ("redirect", ActionKind::Redirect),
+                ],
+                diags,
+            )
+        })
+        .unwrap_or(ActionKind::Forward);
+    let choice = action
+        .forwarding_engine
+        .as_ref()
+        .map_or(Some(settings.default_engine), |e| engine_choice(e, diags))
+        .unwrap_or(settings.default_engine);
+    let affinity = action
+        .affinity
+        .as_ref()
+        .map_or(Some(Affinity::None), |a| {
+            one_of(
+                a,
+                &[("none", Affinity::None), ("source", Affinity::Source)],
+                diags,
+            )
+        })
+        .unwrap_or(Affinity::None);
+
+    // Userspace needs: the first reason wins the message.
+    let needs_userspace = if !domains.is_empty() {
+        m.domains.as_ref().and_then(|d| d.first()).map(|d| {
+            (
+                d.span,
+                "it matches `domains` (SNI), which only the userspace engine can read",
+            )
+        })
+    } else if let Some(tls) = &action.tls {
+        Some((
+            tls.span,
+            "it has a `[routes.action.tls]` section, which only the userspace engine can serve",
+        ))
+    } else if kind == ActionKind::Redirect {
+        action.kind.as_ref().map(|k| {
+            (
+                k.span,
+                "an HTTP redirect is answered by the userspace engine",
+            )
+        })
+    } else {
+        None
+    };
+    let engine = match (choice, needs_userspace) {
+        (EngineChoice::Nftables, Some((why_span, why))) => {
+            let at = action
+                .forwarding_engine
+                .as_ref()
+                .map_or(raw.span, |e| e.span);
+            let mut d = Diagnostic::error("E022", at, "route is forced to the nftables engine but needs the userspace engine")
+                .label("`nftables` chosen here")
+                .help(format!("the kernel cannot serve this route because {why}; use `forwarding_engine = \"auto\"` or \"userspace\""));
+            if why_span != at {
+                d = d.also(why_span, "needs userspace because of this");
+            }
+            diags.push(d);
+            Engine::Nftables
+        }
+        (EngineChoice::Userspace, _) | (EngineChoice::Auto, Some(_)) => Engine::Userspace,
+        (EngineChoice::Nftables | EngineChoice::Auto, None) => Engine::Nftables,
+    };
+    if engine == Engine::Userspace && protocol != Protocol::Tcp {
+        let at = m.protocol.as_ref().map_or(m.span, |p| p.span);
+        diags.push(
+            Diagnostic::error("E033", at, "the userspace engine serves TCP only")
+                .label(format!("protocol `{}` here", protocol_name(protocol)))
+                .help("use `protocol = \"tcp\"`, or let the kernel serve the route (no domains, tls or redirect)"),
+        );
+    }
+
+    let single_range = match ports.as_slice() {
+        [only] if only.value.len() > 1 => Some(only.value),
+        _ => None,
+    };
+    let targets = targets(action, kind, single_range, diags);
+    let security = action
+        .security
+        .as_ref()
+        .map(|s| security(s, diags))
+        .unwrap_or_default();
+    let nftables = action
+        .nftables
+        .as_ref()
+        .map(|n| nft_options(n, diags))
+        .unwrap_or_default();
+    let tls = action.tls.as_ref().and_then(|t| tls(t, dir, diags));
+    let redirect = redirect(action, kind, diags);
+
+    if kind == ActionKind::Forward && engine == Engine::Nftables {
+        address_families(&addresses, &targets, diags);
+    }
+
+    let enabled = raw.enabled.as_ref().is_none_or(|e| e.value);
+    let errors_now = diags.iter().filter(|d| d.is_error()).count();
+    let name = name?;
+    if errors_now > before {
+        return None;
+    }
+    Some(Route {
+        name: name.value,
+        name_span: name.span,
+        description: raw
+            .description
+            .as_ref()
+            .map(|d| d.value.clone())
+            .unwrap_or_default(),
+        enabled,
+        priority: raw.priority.as_ref().map_or(0, |p| p.value),
+        log: raw.log.as_ref().is_some_and(|l| l.value),
+        order,
+        protocol,
+        ports: ports.iter().map(|p| p.value).collect(),
+        ports_span,
+        domains,
+        addresses: addresses.into_iter().map(|a| a.value).collect(),
+        kind,
+        engine,
+        targets,
+        affinity,
+        security,
+        nftables,
+        tls,
+        redirect,
+    })
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::All => "all",
+    }
+}
+
+fn port_number(value: i64, span: Span, diags: &mut Vec<Diagnostic>) -> Option<u16> {
+    match u16::try_from(value) {
+        Ok(p) if p >= 1 => Some(p),
+        _ => {
+            diags.push(
+                Diagnostic::error("E013", span, format!("port `{value}` is out of range"))
+                    .label("not in 1..=65535")
+                    .help("ports are 1 to 65535"),
+            );
+            None
+        }
+    }
+}
+
+/// `80`, `"80"` or `"8000-8010"`.
+fn port_range(port: &Sp<RawPort>, diags: &mut Vec<Diagnostic>) -> Option<PortRange> {
+    match &port.value {
+        RawPort::Int(n) => {
+            port_number(*n, port.span, diags).map(|p| PortRange { first: p, last: p })
+        }
+        RawPort::Str(s) => parse_range_text(s, port.span, diags),
+    }
+}
+
+fn parse_range_text(s: &str, span: Span, diags: &mut Vec<Diagnostic>) -> Option<PortRange> {
+    let bad = |diags: &mut Vec<Diagnostic>| {
+        diags.push(
+            Diagnostic::error("E014", span, format!("invalid port range `{s}`"))
+                .label("expected a port or \"from-to\"")
+                .help("write a port like 80 or a range like \"8000-8010\" with from <= to"),
+        );
+        None
+    };
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (a.trim(), b.trim()),
+        None => (s.trim(), s.trim()),
+    };
+    let (Ok(a), Ok(b)) = (a.parse::<i64>(), b.parse::<i64>()) else {
+        return bad(diags);
+    };
+    let first = port_number(a, span, diags)?;
+    let last = port_number(b, span, diags)?;
+    if first > last {
+        diags.push(
+            Diagnostic::error("E014", span, format!("port range `{s}` runs backwards"))
+                .label(format!("{first} is greater than {last}"))
+                .help(format!("write \"{last}-{first}\"")),
+        );
+        return None;
+    }
+    Some(PortRange { first, last })
+}
+
+fn domain(d: &Sp<String>, diags: &mut Vec<Diagnostic>) -> Option<String> {
+    let lower = d.value.to_ascii_lowercase();
+    let body = lower.strip_prefix("*.").unwrap_or(&lower);
+    if is_dns_name(body) {
+        return Some(lower);
+    }
+    diags.push(
+        Diagnostic::error("E032", d.span, format!("invalid domain `{}`", d.value))
+            .label("not a DNS name")
+            .help("use a name like \"example.com\" or a wildcard like \"*.example.com\" (the `*` only as the first label)"),
+    );
+    None
+}
+
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+fn targets(
+    action: &super::parse::RawAction,
+    kind: ActionKind,
+    single_range: Option<PortRange>,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<Target> {
+    match (&action.targets, kind) {
+        (None, ActionKind::Forward) => {
+            diags.push(
+                Diagnostic::error(
+                    "E024",
+                    action.span,
+                    "a forward route needs at least one target",
+                )
+                .label("no `targets` in this action")
+                .help("add `targets = [{ host = \"198.51.100.2\", port = 8080 }]`"),
+            );
+            return Vec::new();
+        }
+        (Some(t), ActionKind::Forward) if t.value.is_empty() => {
+            diags.push(
+                Diagnostic::error("E024", t.span, "a forward route needs at least one target")
+                    .label("empty list")
+                    .help("add `{ host = \"198.51.100.2\", port = 8080 }`"),
+            );
+            return Vec::new();
+        }
+        (Some(t), ActionKind::Block | ActionKind::Redirect) => {
+            diags.push(
+                Diagnostic::error(
+                    "E030",
+                    t.span,
+                    "`targets` has no effect on a route that does not forward",
+                )
+                .label("ignored targets")
+                .help("remove `targets`, or use `type = \"forward\"`"),
+            );
+            return Vec::new();
+        }
+        (None, _) => return Vec::new(),
+        (Some(_), ActionKind::Forward) => {}
+    }
+    let Some(list) = &action.targets else {
+        return Vec::new();
+    };
+    list.value
+        .iter()
+        .filter_map(|t| {
+            let host = match &t.host {
+                None => {
+                    diags.push(missing(t.span, "target `host`", "add `host = \"198.51.100.2\"` (an address or a name)"));
+                    None
+                }
+                Some(h) => host(h, diags),
+            };
+            let port = match &t.port {
+                None => Some(TargetPort::Preserve),
+                Some(p) => target_port(p, single_range, diags),
+            };
+            let weight = match &t.weight {
+                None => Some(1),
+                Some(w) => match u32::try_from(w.value) {
+                    Ok(v @ 1..=1000) => Some(v),
+                    _ => {
+                        diags.push(
+                            Diagnostic::error("E025", w.span, format!("weight `{}` is out of range", w.value))
+                                .label("not in 1..=1000")
+                                .help("weights are whole numbers from 1 to 1000; leave a target out to give it none"),
+                        );
+                        None
+                    }
+                },
+            };
+            Some(Target {
+                host: host?,
+                port: port?,
+                weight: weight?,
+            })
+        })
+        .collect()
+}
+
+fn host(h: &Sp<String>, diags: &mut Vec<Diagnostic>) -> Option<Sp<Host>> {
+    let text = h.value.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(Sp::new(Host::Ip(ip), h.span));
+    }
+    let lower = h.value.to_ascii_lowercase();
+    let looks_numeric = lower.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if is_dns_name(lower.trim_end_matches('.')) && !looks_numeric {
+        return Some(Sp::new(Host::Name(lower), h.span));
+    }
+    diags.push(
+        Diagnostic::error("E016", h.span, format!("invalid host `{}`", h.value))
+            .label("neither an IP address nor a DNS name")
+            .help("give an IPv4/IPv6 literal (\"198.51.100.2\", \"2001:db8::2\") or a name (\"backend.example\")"),
+    );
+    None
+}
+
+fn target_port(
+    p: &Sp<RawPort>,
+    single_range: Option<PortRange>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<TargetPort> {
+    match &p.value {
+        RawPort::Int(n) => port_number(*n, p.span, diags).map(|port| TargetPort::Fixed { port }),
+        RawPort::Str(s) if s == "preserve" => Some(TargetPort::Preserve),
+        RawPort::Str(s) => {
+            let range = parse_range_text(s, p.span, diags)?;
+            if range.len() == 1 {
+                return Some(TargetPort::Fixed { port: range.first });
+            }
+            match single_range {
+                Some(matched) if matched.len() == range.len() => Some(TargetPort::Range {
+                    first: range.first,
+                    last: range.last,
+                }),
+                Some(matched) => {
+                    diags.push(
+                        Diagnostic::error("E015", p.span, format!("target range `{s}` has {} ports but the matched range `{matched}` has {}", range.len(), matched.len()))
+                            .label("length differs")
+                            .help("ports map 1:1 by offset: make both ranges the same length"),
+                    );
+                    None
+                }
+                None => {
+                    diags.push(
+                        Diagnostic::error("E015", p.span, format!("target range `{s}` needs the route to match exactly one port range"))
+                            .label("nothing to map from")
+                            .help("match one range of the same length (`ports = \"8000-8010\"`), or use a single port or \"preserve\""),
+                    );
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// An `addresses` entry of a family no literal target serves can never match (no NAT46).
+/// Named targets are resolved later, so routes with names are not judged here.
+fn address_families(addresses: &[Sp<IpAddr>], targets: &[Target], diags: &mut Vec<Diagnostic>) {
+    let mut has4 = false;
+    let mut has6 = false;
+    for t in targets {
+        match &t.host.value {
+            Host::Ip(IpAddr::V4(_)) => has4 = true,
+            Host::Ip(IpAddr::V6(_)) => has6 = true,
+            Host::Name(_) => return,
+        }
+    }
+    for a in addresses {
+        let (ok, fam, other) = match a.value {
+            IpAddr::V4(_) => (has4, "IPv4", "IPv6"),
+            IpAddr::V6(_) => (has6, "IPv6", "IPv4"),
+        };
+        if !ok {
+            diags.push(
+                Diagnostic::error("E023", a.span, format!("{fam} address `{}` but the route has no {fam} target", a.value))
+                    .label(format!("{fam} traffic here could not be forwarded"))
+                    .help(format!("add an {fam} target, or remove this address (there is no translation from {fam} to {other})")),
+            );
+        }
+    }
+}
+
+fn security(s: &super::parse::RawSecurity, diags: &mut Vec<Diagnostic>) -> Security {
+    let allow = s
+        .ip_allow_list
+        .as_deref()
+        .map(|l| ip_list(l, "ip_allow_list", diags))
+        .unwrap_or_default();
+    let block = s
+        .ip_block_list
+        .as_deref()
+        .map(|l| ip_list(l, "ip_block_list", diags))
+        .unwrap_or_default();
+    let max_connections = s
+        .max_connections
+        .as_ref()
+        .and_then(|m| match u32::try_from(m.value) {
+            Ok(v @ 1..=1_000_000) => Some(v),
+            _ => {
+                diags.push(out_of_range(m.span, "max_connections", 1, 1_000_000));
+                None
+            }
+        });
+    let rate_limit = s.rate_limit.as_ref().and_then(|r| rate(r, diags));
+    Security {
+        allow_set: !allow.is_empty(),
+        allow,
+        block,
+        max_connections,
+        rate_limit,
+    }
+}
+
+/// Parses a list of addresses and CIDRs, normalises host bits (with a warning) and merges
+/// overlapping entries (with a warning): nft interval sets refuse overlaps.
+fn ip_list(list: &[Sp<String>], what: &str, diags: &mut Vec<Diagnostic>) -> Vec<IpNet> {
+    let mut nets: Vec<Sp<IpNet>> = Vec::with_capacity(list.len());
+    for entry in list {
+        let text = entry.value.trim();
+        let parsed = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => {
+                let trunc = net.trunc();
+                if trunc != net {
+                    diags.push(
+                        Diagnostic::warning(
+                            "W003",
+                            entry.span,
+                            format!("`{net}` has host bits set; using `{trunc}`"),
+                        )
+                        .label("host bits set")
+                        .help(format!("write \"{trunc}\"")),
+                    );
+                }
+                nets.push(Sp::new(trunc, entry.span));
+            }
+            Err(_) => diags.push(
+                Diagnostic::error(
+                    "E017",
+                    entry.span,
+                    format!("invalid address or CIDR `{}` in `{what}`", entry.value),
+                )
+                .label("not an address or CIDR")
+                .help(
+                    "use an address (\"192.0.2.7\", \"2001:db8::7\") or a CIDR (\"192.0.2.0/24\")",
+                ),
+            ),
+        }
+    }
+    // Sorted by network start, widest first: an entry overlaps the previous widest one iff
+    // it starts inside it.
+    let mut order: Vec<&Sp<IpNet>> = nets.iter().collect();
+    order.sort_by(|a, b| {
+        (
+            matches!(a.value, IpNet::V6(_)),
+            a.value.network(),
+            a.value.prefix_len(),
+        )
+            .cmp(&(
+                matches!(b.value, IpNet::V6(_)),
+                b.value.network(),
+                b.value.prefix_len(),
+            ))
+    });
+    let mut cover: Option<&Sp<IpNet>> = None;
+    for net in order {
+        match cover {
+            Some(c) if c.value.contains(&net.value.network()) => {
+                diags.push(
+                    Diagnostic::warning(
+                        "W001",
+                        net.span,
+                        format!("`{}` overlaps `{}` in `{what}`; merged", net.value, c.value),
+                    )
+                    .label("overlaps another entry")
+                    .also(c.span, "this entry covers it")
+                    .help("remove the narrower entry"),
+                );
+            }
+            _ => cover = Some(net),
+        }
+    }
+    IpNet::aggregate(&nets.iter().map(|n| n.value).collect())
+}
+
+/// `20/second` or `20/second burst 40` (burst default 5).
+fn rate(r: &Sp<String>, diags: &mut Vec<Diagnostic>) -> Option<Rate> {
+    let parsed = (|| {
+        let mut words = r.value.split_whitespace();
+        let (count, unit) = words.next()?.split_once('/')?;
+        let count: u64 = count.parse().ok().filter(|c| *c >= 1)?;
+        let unit = time_unit(unit)?;
+        let burst = match (words.next(), words.next(), words.next()) {
+            (None, _, _) => 5,
+            (Some("burst"), Some(b), None) => b.parse().ok().filter(|b| *b >= 1)?,
+            _ => return None,
+        };
+        Some(Rate { count, unit, burst })
+    })();
+    if parsed.is_none() {
+        diags.push(
+            Diagnostic::error("E018", r.span, format!("invalid rate `{}`", r.value))
+                .label("expected `N/unit` or `N/unit burst M`")
+                .help("write e.g. \"20/second\" or \"20/second burst 40\" (units: second, minute, hour, day)"),
+        );
+    }
+    parsed
+}
+
+fn time_unit(s: &str) -> Option<TimeUnit> {
+    match s {
+        "second" => Some(TimeUnit::Second),
+        "minute" => Some(TimeUnit::Minute),
+        "hour" => Some(TimeUnit::Hour),
+        "day" => Some(TimeUnit::Day),
+        _ => None,
+    }
+}
+
+/// `10 mbytes/second` (units bytes, kbytes, mbytes).
+fn byte_rate(r: &Sp<String>, diags: &mut Vec<Diagnostic>) -> Option<ByteRate> {
+    let parsed = (|| {
+        let text = r.value.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit())?;
+        let amount: u64 = text[..split].parse().ok().filter(|a| *a >= 1)?;
+        let (size, unit) = text[split..].trim().split_once('/')?;
+        let size = match size.trim() {
+            "bytes" => SizeUnit::Bytes,
+            "kbytes" => SizeUnit::Kbytes,
+            "mbytes" => SizeUnit::Mbytes,
+            _ => return None,
+        };
+        Some(ByteRate {
+            amount,
+            size,
+            unit: time_unit(unit.trim())?,
+        })
+    })();
+    if parsed.is_none() {
+        diags.push(
+            Diagnostic::error("E018", r.span, format!("invalid byte rate `{}`", r.value))
+                .label("expected `N bytes|kbytes|mbytes/unit`")
+                .help("write e.g. \"10 mbytes/second\""),
+        );
+    }
+    parsed
+}
+
+fn nft_options(n: &super::parse::RawNftables, diags: &mut Vec<Diagnostic>) -> NftOptions {
+    let priority = n
+        .priority
+        .as_ref()
+        .and_then(|p| match u8::try_from(p.value) {
+            Ok(v @ 0..=7) => Some(v),
+            _ => {
+                diags.push(out_of_range(p.span, "priority", 0, 7));
+                None
+            }
+        });
+    NftOptions {
+        preserve_source_ip: n.preserve_source_ip.as_ref().is_some_and(|b| b.value),
+        max_rate: n.max_rate.as_ref().and_then(|r| byte_rate(r, diags)),
+        priority,
+        use_ip_sets: n.use_ip_sets.as_ref().is_none_or(|b| b.value),
+        use_advanced_nat: n.use_advanced_nat.as_ref().is_some_and(|b| b.value),
+    }
+}
+
+fn tls(t: &super::parse::RawTls, dir: &Path, diags: &mut Vec<Diagnostic>) -> Option<Tls> {
+    let Some(mode_text) = &t.mode else {
+        diags.push(missing(
+            t.span,
+            "tls `mode`",
+            "add `mode = \"passthrough\"`, \"terminate\" or \"terminate-and-reencrypt\"",
+        ));
+        return None;
+    };
+    let mode = one_of(
+        mode_text,
+        &[
+            ("passthrough", TlsMode::Passthrough),
+            ("terminate", TlsMode::Terminate),
+            ("terminate-and-reencrypt", TlsMode::TerminateAndReencrypt),
+        ],
+        diags,
+    )?;
+    let (cert, key) = match (&t.certificate, mode) {
+        (None, TlsMode::Passthrough) => (None, None),
+        (None, _) => {
+            diags.push(
+                Diagnostic::error(
+                    "E028",
+                    mode_text.span,
+                    "a terminating TLS mode needs a certificate",
+                )
+                .label("terminates TLS here")
+                .help(
+                    "add `certificate = { cert = \"certs/site.pem\", key = \"certs/site.key\" }`",
+                ),
+            );
+            return None;
+        }
+        (Some(c), _) => {
+            let cert = pem_file(
+                c.cert.as_ref(),
+                c.span,
+                "cert",
+                dir,
+                PemKind::Certificate,
+                diags,
+            );
+            let key = pem_file(c.key.as_ref(), c.span, "key", dir, PemKind::Key, diags);
+            (cert, key)
+        }
+    };
+    Some(Tls { mode, cert, key })
+}
+
+#[derive(Clone, Copy)]
+enum PemKind {
+    Certificate,
+    Key,
+}
+
+fn pem_file(
+    path: Option<&Sp<String>>,
+    table_span: Span,
+    field: &str,
+    dir: &Path,
+    kind: PemKind,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<PathBuf> {
+    let Some(path) = path else {
+        diags.push(missing(
+            table_span,
+            &format!("certificate `{field}`"),
+            "give both `cert` and `key` paths (relative to the route file)",
+        ));
+        return None;
+    };
+    let full = dir.join(&path.value);
+    let bytes = match std::fs::read(&full) {
+        Ok(b) => b,
+        Err(err) => {
+            diags.push(
+                Diagnostic::error(
+                    "E020",
+                    path.span,
+                    format!("cannot read `{}`: {err}", full.display()),
+                )
+                .label("file not readable")
+                .help("paths are relative to the route file's folder"),
+            );
+            return None;
+        }
+    };
+    let ok = match kind {
+        PemKind::Certificate => {
+            let certs: Vec<_> = rustls_pemfile::certs(&mut bytes.as_slice()).collect();
+            !certs.is_empty() && certs.iter().all(Result::is_ok)
+        }
+        PemKind::Key => matches!(
+            rustls_pemfile::private_key(&mut bytes.as_slice()),
+            Ok(Some(_))
+        ),
+    };
+    if !ok {
+        let what = match kind {
+            PemKind::Certificate => "a PEM certificate",
+            PemKind::Key => "a PEM private key",
+        };
+        diags.push(
+            Diagnostic::error(
+                "E021",
+                path.span,
+                format!("`{}` is not {what}", full.display()),
+            )
+            .label(format!("expected {what}"))
+            .help("give a PEM file (`-----BEGIN ...-----`)"),
+        );
+        return None;
+    }
+    Some(full)
+}
+
+fn redirect(
+    action: &super::parse::RawAction,
+    kind: ActionKind,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Redirect> {
+    match (&action.redirect, kind) {
+        (None, ActionKind::Redirect) => {
+            diags.push(
+                Diagnostic::error(
+                    "E029",
+                    action.span,
+                    "a redirect route needs `[routes.action.redirect]` with `to`",
+                )
+                .label("no redirect target")
+                .help("add `redirect = { to = \"https://{host}{path}\", status = 301 }`"),
+            );
+            None
+        }
+        (Some(r), ActionKind::Forward | ActionKind::Block) => {
+            diags.push(
+                Diagnostic::error(
+                    "E030",
+                    r.span,
+                    "`[routes.action.redirect]` on a route whose type is not `redirect`",
+                )
+                .label("ignored section")
+                .help("set `type = \"redirect\"` or remove the section"),
+            );
+            None
+        }
+        (None, _) => None,
+        (Some(r), ActionKind::Redirect) => {
+            let to = match &r.to {
+                Some(to) if !to.value.trim().is_empty() => Some(to.value.clone()),
+                _ => {
+                    diags.push(missing(
+                        r.span,
+                        "redirect `to`",
+                        "add `to = \"https://{host}{path}\"`",
+                    ));
+                    None
+                }
+            };
+            let status = match &r.status {
+                None => Some(301),
+                Some(s) if matches!(s.value, 301 | 302 | 303 | 307 | 308) => {
+                    u16::try_from(s.value).ok()
+                }
+                Some(s) => {
+                    diags.push(
+                        Diagnostic::error(
+                            "E029",
+                            s.span,
+                            format!("redirect status `{}` is not a redirect", s.value),
+                        )
+                        .label("not 301, 302, 303, 307 or 308")
+                        .help("use 301 (permanent) or 302/307 (temporary)"),
+                    );
+                    None
+                }
+            };
+            Some(Redirect {
+                to: to?,
+                status: status?,
+            })
+        }
+    }
+}
+
+// ---- across routes ----------------------------------------------------------------------
+
+fn unique_names(routes: &[Route], diags: &mut Vec<Diagnostic>) {
+    let mut seen: BTreeMap<&str, Span> = BTreeMap::new();
+    for r in routes {
+        if let Some(first) = seen.get(r.name.as_str()) {
+            diags.push(
+                Diagnostic::error(
+                    "E011",
+                    r.name_span,
+                    format!("route name `{}` is used twice", r.name),
+                )
+                .label("second use")
+                .also(*first, "first used here")
+                .help("route names are unique across all files; rename one"),
+            );
+        } else {
+            seen.insert(&r.name, r.name_span);
+        }
+    }
+}
+
+fn addresses_meet(a: &[IpAddr], b: &[IpAddr]) -> bool {
+    a.is_empty() || b.is_empty() || a.iter().any(|x| b.contains(x))
+}
+
+/// Routes on the same protocol whose ports overlap and whose addresses intersect conflict
+/// when at least one of them is a kernel route (the kernel would take all the traffic).
+/// Sweep over port ranges sorted by start: cost grows with real overlaps, not route pairs.
+fn conflicts(routes: &[Route], diags: &mut Vec<Diagnostic>) {
+    let mut entries: Vec<(super::L4, PortRange, usize)> = Vec::new();
+    for (i, r) in routes.iter().enumerate().filter(|(_, r)| r.enabled) {
+        for l4 in r.protocol.l4() {
+            for p in &r.ports {
+                entries.push((*l4, *p, i));
+            }
+        }
+    }
+    entries.sort();
+    let mut reported: BTreeSet<(usize, usize)> = BTreeSet::new();
+    let mut active: Vec<(super::L4, PortRange, usize)> = Vec::new();
+    for &(l4, range, i) in &entries {
+        active.retain(|(al4, ar, _)| *al4 == l4 && ar.last >= range.first);
+        for &(_, other_range, j) in &active {
+            if i == j || !other_range.overlaps(range) {
+                continue;
+            }
+            let (a, b) = (&routes[i.min(j)], &routes[i.max(j)]);
+            if a.engine == Engine::Userspace && b.engine == Engine::Userspace {
+                continue;
+            }
+            if !addresses_meet(&a.addresses, &b.addresses) || !reported.insert((i.min(j), i.max(j)))
+            {
+                continue;
+            }
+            let shared = PortRange {
+                first: range.first.max(other_range.first),
+                last: range.last.min(other_range.last),
+            };
+            let help = if a.engine == b.engine {
+                "give one route its own `addresses`, or use distinct ports".to_owned()
+            } else {
+                "a kernel route takes every packet of its port before the userspace engine sees it; use distinct ports or `addresses`".to_owned()
+            };
+            diags.push(
+                Diagnostic::error(
+                    "E012",
+                    b.ports_span,
+                    format!(
+                        "port `{shared}/{}` is already claimed by route `{}`",
+                        l4.as_str(),
+                        a.name
+                    ),
+                )
+                .label(format!("claimed again here by route `{}`", b.name))
+                .also(
+                    a.ports_span,
+                    format!("first claimed here by route `{}`", a.name),
+                )
+                .help(help),
+            );
+        }
+        active.push((l4, range, i));
+    }
+}
+
+/// A userspace route that can never be chosen: an earlier-ranked route covers all its
+/// ports, addresses and domains.
+fn shadowed(routes: &[Route], diags: &mut Vec<Diagnostic>) {
+    let users: Vec<&Route> = routes
+        .iter()
+        .filter(|r| r.enabled && r.engine == Engine::Userspace)
+        .collect();
+    for b in &users {
+        let winner = users.iter().find(|a| {
+            a.name != b.name
+                && (a.priority, std::cmp::Reverse(a.order))
+                    > (b.priority, std::cmp::Reverse(b.order))
+                && b.ports
+                    .iter()
+                    .all(|p| a.ports.iter().any(|q| q.contains(*p)))
+                && (a.addresses.is_empty()
+                    || (!b.addresses.is_empty()
+                        && b.addresses.iter().all(|x| a.addresses.contains(x))))
+                && ((a.domains.is_empty() && b.domains.is_empty())
+                    || (!b.domains.is_empty() && b.domains.iter().all(|d| a.domains.contains(d))))
+        });
+        if let Some(a) = winner {
+            diags.push(
+                Diagnostic::warning(
+                    "W002",
+                    b.name_span,
+                    format!(
+                        "route `{}` is shadowed by route `{}` and never matches",
+                        b.name, a.name
+                    ),
+                )
+                .label("never chosen")
+                .also(a.name_span, "this route wins every match")
+                .help("give it a higher `priority`, other domains or ports, or remove it"),
+            );
+        }
+    }
+}
+
+/// Every kernel route needs an id in the mark bits: 2^bits - 1 ids are available.
+fn mark_capacity(settings: &Settings, routes: &[Route], diags: &mut Vec<Diagnostic>) {
+    let kernel: Vec<&Route> = routes
+        .iter()
+        .filter(|r| r.enabled && r.engine == Engine::Nftables)
+        .collect();
+    let bits = settings.ct_mark_mask.count_ones();
+    let capacity = if bits >= 32 {
+        u32::MAX as usize
+    } else {
+        (1usize << bits) - 1
+    };
+    if kernel.len() <= capacity {
+        return;
+    }
+    let needed = usize::BITS - kernel.len().leading_zeros();
+    let at = settings.span.unwrap_or(kernel[capacity].name_span);
+    diags.push(
+        Diagnostic::error(
+            "E026",
+            at,
+            format!(
+                "{} kernel routes need {needed} mark bits but `ct_mark_mask` has {bits}",
+                kernel.len()
+            ),
+        )
+        .label("too few conntrack-mark bits")
+        .help(format!(
+            "widen `ct_mark_mask` to at least {needed} contiguous bits, e.g. \"0xffff0000\""
+        )),
+    );
+}

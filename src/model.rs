@@ -1,0 +1,169 @@
+//! The lowered model: what the kernel and the userspace engine must do, as plain sorted
+//! data. It is the single input of rendering (text and JSON), and later of plan and serve.
+//! No I/O here, and nothing in it depends on file order or hash order.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::config::{ActionKind, Affinity, ByteRate, PortRange, Protocol, Rate, Redirect, Tls, L4};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Model {
+    pub table: String,
+    pub mark_mask: u32,
+    pub log_group: u16,
+    /// Kernel routes, sorted by name.
+    pub kernel: Vec<KernelRoute>,
+    /// Userspace routes, in selection order (file order).
+    pub userspace: Vec<UserspaceRoute>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KernelRoute {
+    pub name: String,
+    /// Name and description, already safe for an nft comment.
+    pub comment: String,
+    /// This route's value inside the mark mask (`ct mark & mask == mark`).
+    pub mark: u32,
+    pub l4: Vec<L4>,
+    pub ports: Vec<PortRange>,
+    /// Local destination addresses; empty = any local address.
+    pub addresses: Vec<IpAddr>,
+    pub action: KernelAction,
+    /// Merged allow list; `None` = everyone.
+    pub allow: Option<Vec<IpNet>>,
+    pub block: Vec<IpNet>,
+    pub max_connections: Option<u32>,
+    pub rate_limit: Option<Rate>,
+    pub max_rate: Option<ByteRate>,
+    pub snat: Snat,
+    pub qos: Option<u8>,
+    pub log: bool,
+    pub use_ip_sets: bool,
+}
+
+impl KernelRoute {
+    /// The address families this route matches: a forward route only those it has targets
+    /// for (there is no NAT46), a block route both.
+    pub fn families(&self) -> Vec<Family> {
+        match &self.action {
+            KernelAction::Block => vec![Family::V4, Family::V6],
+            KernelAction::Forward { v4, v6 } => {
+                let mut f = Vec::new();
+                if v4.is_some() {
+                    f.push(Family::V4);
+                }
+                if v6.is_some() {
+                    f.push(Family::V6);
+                }
+                f
+            }
+        }
+    }
+
+    pub fn spread(&self, family: Family) -> Option<&Spread> {
+        match (&self.action, family) {
+            (KernelAction::Forward { v4, .. }, Family::V4) => v4.as_ref(),
+            (KernelAction::Forward { v6, .. }, Family::V6) => v6.as_ref(),
+            (KernelAction::Block, _) => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelAction {
+    /// Per family: the targets to spread over (None = the family is not served).
+    Forward {
+        v4: Option<Spread>,
+        v6: Option<Spread>,
+    },
+    /// Refuse every connection.
+    Block,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Snat {
+    /// The target sees the client address.
+    None,
+    Masquerade,
+    /// `masquerade fully-random,persistent`.
+    MasqueradeRandom,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Spread {
+    pub affinity: Affinity,
+    /// Sorted by (address, port); never empty.
+    pub targets: Vec<KernelTarget>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct KernelTarget {
+    /// `None`: a service on this host, reached by `redirect`.
+    pub addr: Option<IpAddr>,
+    pub port: KernelPort,
+    pub weight: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum KernelPort {
+    Fixed {
+        port: u16,
+    },
+    Preserve,
+    /// `from.first + i` -> `to_first + i`.
+    Map {
+        from: PortRange,
+        to_first: u16,
+    },
+}
+
+/// A route for `smartproxy serve`, with its names resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UserspaceRoute {
+    pub name: String,
+    pub order: usize,
+    pub priority: i64,
+    pub protocol: Protocol,
+    pub ports: Vec<PortRange>,
+    pub addresses: Vec<IpAddr>,
+    pub domains: Vec<String>,
+    pub kind: ActionKind,
+    pub targets: Vec<UserspaceTarget>,
+    pub affinity: Affinity,
+    pub allow: Option<Vec<IpNet>>,
+    pub block: Vec<IpNet>,
+    pub max_connections: Option<u32>,
+    pub rate_limit: Option<Rate>,
+    pub tls: Option<Tls>,
+    pub redirect: Option<Redirect>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UserspaceTarget {
+    /// As written in the route file.
+    pub host: String,
+    pub addrs: Vec<IpAddr>,
+    pub port: crate::config::TargetPort,
+    pub weight: u32,
+}
