@@ -1,0 +1,129 @@
+//! Shared test helpers: the binary, and throw-away network namespaces for `nft`.
+//!
+//! Namespace tests need root and `nft`. Without them they skip with a loud message; under
+//! `CI=true` a skip is a failure, so CI can never pass by skipping.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub fn smartproxy() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_smartproxy"))
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs smartproxy with args from the repository root; returns (exit code, stdout, stderr).
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let out = smartproxy()
+        .args(args)
+        .current_dir(repo())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the smartproxy binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// True when namespace tests can run. Otherwise prints a loud skip, or panics under CI.
+pub fn netns_available(test: &str) -> bool {
+    if is_root() && have("ip") && have("nft") {
+        return true;
+    }
+    let why = "needs root, `ip` and `nft`";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("SKIP IS FAILURE UNDER CI: {test} {why}");
+    }
+    eprintln!("\n!!!!!!!! SKIPPED {test}: {why} !!!!!!!!\n");
+    false
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A network namespace deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("spt-{tag}-{}-{n}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip runs")
+            .success();
+        assert!(ok, "ip netns add {name}");
+        Netns { name }
+    }
+
+    /// `ip netns exec NAME nft ARGS` with optional stdin.
+    pub fn nft(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, "nft"]).args(args);
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("nft runs");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("stdin is piped")
+                .write_all(input.as_bytes())
+                .expect("write to nft");
+        }
+        child.wait_with_output().expect("nft finishes")
+    }
+
+    /// Runs nft and panics with its stderr unless it succeeds; returns stdout.
+    pub fn nft_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.nft(args, stdin);
+        assert!(
+            out.status.success(),
+            "nft {args:?} failed in {}:\n{}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Loads a script from a file path (so nft error messages carry line numbers).
+    pub fn load_file(&self, path: &Path, json: bool) -> Output {
+        let p = path.to_string_lossy().into_owned();
+        if json {
+            self.nft(&["-j", "-f", &p], None)
+        } else {
+            self.nft(&["-f", &p], None)
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
