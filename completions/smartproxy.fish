@@ -1,0 +1,59 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_smartproxy_global_optspecs
+    string join \n color= h/help V/version
+end
+
+function __fish_smartproxy_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_smartproxy_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_smartproxy_using_subcommand
+    set -l cmd (__fish_smartproxy_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c smartproxy -n "__fish_smartproxy_needs_command" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c smartproxy -n "__fish_smartproxy_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c smartproxy -n "__fish_smartproxy_needs_command" -s V -l version -d 'Print version'
+complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "check" -d 'Parse and validate route files; report every problem with file:line:col'
+complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "compile" -d 'Print the nftables ruleset for the route files (`nft -f` ready)'
+complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "completions" -d 'Print shell completions'
+complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand check" -l format -d 'Output format of the findings' -r -f -a "text\t''
+json\t''
+github\t''"
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand check" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand check" -l deny-warnings -d 'Exit 1 when there are warnings'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand check" -l resolve -d 'Also resolve target host names (needs DNS)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand compile" -l format -d '`nft` script or nftables JSON (`nft -j -f`)' -r -f -a "nft\t''
+json\t''"
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand compile" -s o -l output -d 'Write to FILE instead of standard output (replaced atomically)' -r -F
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand compile" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand compile" -s h -l help -d 'Print help'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand completions" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile completions help" -f -a "check" -d 'Parse and validate route files; report every problem with file:line:col'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile completions help" -f -a "compile" -d 'Print the nftables ruleset for the route files (`nft -f` ready)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile completions help" -f -a "completions" -d 'Print shell completions'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
