@@ -200,7 +200,7 @@ fn kernel_route(
                     }
                     same
                 });
-                (!targets.is_empty()).then(|| Spread {
+                (!targets.is_empty()).then_some(Spread {
                     affinity: route.affinity,
                     targets,
                 })
