@@ -211,8 +211,13 @@ fn render_text(sources: &SourceMap, diags: &[Diagnostic], color: bool) -> String
                 files.push(label.span.file);
             }
         }
+        // A file with no text (one that could not be read) has nothing to quote; its path
+        // is in the message.
         for file in files {
             let source = sources.file(file);
+            if source.text.is_empty() {
+                continue;
+            }
             let mut snippet = Snippet::source(&source.text)
                 .origin(&source.path)
                 .line_start(1)

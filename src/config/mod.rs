@@ -73,6 +73,8 @@ pub struct PortRange {
 }
 
 impl PortRange {
+    /// The number of ports: never zero, since validation ensures `first <= last`.
+    #[allow(clippy::len_without_is_empty)] // a range is never empty
     pub fn len(self) -> u32 {
         u32::from(self.last) - u32::from(self.first) + 1
     }
@@ -258,8 +260,14 @@ pub struct Settings {
     pub default_engine: EngineChoice,
     pub ct_mark_mask: u32,
     pub log_group: u16,
+    /// Where `[settings]`, its `default_engine` and its `ct_mark_mask` were written, for
+    /// diagnostics about routes that these settings constrain.
     #[serde(skip)]
     pub span: Option<Span>,
+    #[serde(skip)]
+    pub default_engine_span: Option<Span>,
+    #[serde(skip)]
+    pub ct_mark_mask_span: Option<Span>,
 }
 
 impl Default for Settings {
@@ -270,6 +278,8 @@ impl Default for Settings {
             ct_mark_mask: 0x00ff_0000,
             log_group: 0,
             span: None,
+            default_engine_span: None,
+            ct_mark_mask_span: None,
         }
     }
 }
@@ -396,7 +406,7 @@ fn expand(
             Ok(entries) => entries,
             Err(err) => {
                 io_error(
-                    format!("cannot read directory: {err}"),
+                    format!("cannot read directory `{}`: {err}", path.display()),
                     "check the path and its permissions",
                 );
                 return Vec::new();
@@ -410,7 +420,10 @@ fn expand(
         names.sort();
         if names.is_empty() {
             io_error(
-                "directory holds no `*.toml` route files".into(),
+                format!(
+                    "directory `{}` holds no `*.toml` route files",
+                    path.display()
+                ),
                 "put route files named `*.toml` in it, or name a file",
             );
         }
@@ -424,7 +437,7 @@ fn expand(
                         Diagnostic::error(
                             "E007",
                             Span::new(id, 0..0),
-                            format!("cannot read file: {err}"),
+                            format!("cannot read `{}`: {err}", p.display()),
                         )
                         .help("check the path and its permissions"),
                     );
@@ -437,7 +450,7 @@ fn expand(
             Ok(bytes) => vec![(path.display().to_string(), bytes)],
             Err(err) => {
                 io_error(
-                    format!("cannot read file: {err}"),
+                    format!("cannot read `{}`: {err}", path.display()),
                     "check the path and its permissions",
                 );
                 Vec::new()

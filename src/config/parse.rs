@@ -18,6 +18,18 @@ pub enum RawPort {
     Str(String),
 }
 
+/// The keys of one table whose value was written but rejected here (wrong type, integer
+/// too large, or a list with a rejected item). Validation uses it so that a key already
+/// reported is not reported again as missing or empty.
+#[derive(Debug, Default)]
+pub struct Rejected(Vec<String>);
+
+impl Rejected {
+    pub fn contains(&self, key: &str) -> bool {
+        self.0.iter().any(|k| k == key)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct RawFile {
     pub settings: Option<RawSettings>,
@@ -36,6 +48,7 @@ pub struct RawSettings {
 #[derive(Debug)]
 pub struct RawRoute {
     pub span: Span,
+    pub rejected: Rejected,
     pub name: Option<Sp<String>>,
     pub description: Option<Sp<String>>,
     pub enabled: Option<Sp<bool>>,
@@ -48,6 +61,7 @@ pub struct RawRoute {
 #[derive(Debug)]
 pub struct RawMatch {
     pub span: Span,
+    pub rejected: Rejected,
     pub ports: Option<Sp<Vec<Sp<RawPort>>>>,
     pub protocol: Option<Sp<String>>,
     pub domains: Option<Vec<Sp<String>>>,
@@ -57,6 +71,7 @@ pub struct RawMatch {
 #[derive(Debug)]
 pub struct RawAction {
     pub span: Span,
+    pub rejected: Rejected,
     pub kind: Option<Sp<String>>,
     pub forwarding_engine: Option<Sp<String>>,
     pub targets: Option<Sp<Vec<RawTarget>>>,
@@ -70,6 +85,7 @@ pub struct RawAction {
 #[derive(Debug)]
 pub struct RawTarget {
     pub span: Span,
+    pub rejected: Rejected,
     pub host: Option<Sp<String>>,
     pub port: Option<Sp<RawPort>>,
     pub weight: Option<Sp<i64>>,
@@ -97,6 +113,7 @@ pub struct RawNftables {
 #[derive(Debug)]
 pub struct RawTls {
     pub span: Span,
+    pub rejected: Rejected,
     pub mode: Option<Sp<String>>,
     pub certificate: Option<RawCertificate>,
 }
@@ -104,6 +121,7 @@ pub struct RawTls {
 #[derive(Debug)]
 pub struct RawCertificate {
     pub span: Span,
+    pub rejected: Rejected,
     pub cert: Option<Sp<String>>,
     pub key: Option<Sp<String>>,
 }
@@ -111,6 +129,7 @@ pub struct RawCertificate {
 #[derive(Debug)]
 pub struct RawRedirect {
     pub span: Span,
+    pub rejected: Rejected,
     pub to: Option<Sp<String>>,
     pub status: Option<Sp<i64>>,
 }
@@ -178,14 +197,26 @@ pub fn parse_file(file: FileId, text: &str, diags: &mut Vec<Diagnostic>) -> RawF
         Err(err) => {
             let range = err.span().unwrap_or(0..0);
             let message = err.message().trim().to_owned();
-            diags.push(
-                Diagnostic::error(
-                    "E001",
-                    Span::new(file, range),
+            // The parser does not name the duplicated key or table; its span does.
+            let quoted = text
+                .get(range.clone())
+                .filter(|t| !t.is_empty() && t.len() <= 64 && !t.contains('\n'));
+            let (message, label, help) = match quoted {
+                Some(key) if message == "duplicate key" => (
+                    format!("invalid TOML: duplicate key `{key}`"),
+                    "written again here",
+                    "a key or a table is written once per file; merge the two",
+                ),
+                _ => (
                     format!("invalid TOML: {message}"),
-                )
-                .label("here")
-                .help("fix the TOML syntax; see https://toml.io for the format"),
+                    "here",
+                    "fix the TOML syntax; see https://toml.io for the format",
+                ),
+            };
+            diags.push(
+                Diagnostic::error("E001", Span::new(file, range), message)
+                    .label(label)
+                    .help(help),
             );
             return RawFile::default();
         }
@@ -259,6 +290,7 @@ impl Cx<'_> {
     fn read_route(&mut self, table: &DeTable<'_>, span: Span) -> RawRoute {
         let mut r = RawRoute {
             span,
+            rejected: Rejected::default(),
             name: None,
             description: None,
             enabled: None,
@@ -268,6 +300,7 @@ impl Cx<'_> {
             action: None,
         };
         for (key, value) in table.iter() {
+            let before = self.diags.len();
             match key.get_ref().as_ref() {
                 "name" => r.name = self.string(value),
                 "description" => r.description = self.string(value),
@@ -286,6 +319,7 @@ impl Cx<'_> {
                 }
                 _ => self.unknown(key, ROUTE_KEYS, "[[routes]]"),
             }
+            self.note_rejected(before, key, &mut r.rejected);
         }
         r
     }
@@ -293,12 +327,14 @@ impl Cx<'_> {
     fn read_match(&mut self, table: &DeTable<'_>, span: Span) -> RawMatch {
         let mut m = RawMatch {
             span,
+            rejected: Rejected::default(),
             ports: None,
             protocol: None,
             domains: None,
             addresses: None,
         };
         for (key, value) in table.iter() {
+            let before = self.diags.len();
             match key.get_ref().as_ref() {
                 "ports" => m.ports = self.ports(value),
                 "protocol" => m.protocol = self.string(value),
@@ -306,6 +342,7 @@ impl Cx<'_> {
                 "addresses" => m.addresses = self.string_list(value),
                 _ => self.unknown(key, MATCH_KEYS, "[routes.match]"),
             }
+            self.note_rejected(before, key, &mut m.rejected);
         }
         m
     }
@@ -313,6 +350,7 @@ impl Cx<'_> {
     fn read_action(&mut self, table: &DeTable<'_>, span: Span) -> RawAction {
         let mut a = RawAction {
             span,
+            rejected: Rejected::default(),
             kind: None,
             forwarding_engine: None,
             targets: None,
@@ -323,6 +361,7 @@ impl Cx<'_> {
             redirect: None,
         };
         for (key, value) in table.iter() {
+            let before = self.diags.len();
             let span = self.span(value.span());
             match key.get_ref().as_ref() {
                 "type" => a.kind = self.string(value),
@@ -351,6 +390,7 @@ impl Cx<'_> {
                 }
                 _ => self.unknown(key, ACTION_KEYS, "[routes.action]"),
             }
+            self.note_rejected(before, key, &mut a.rejected);
         }
         a
     }
@@ -366,17 +406,20 @@ impl Cx<'_> {
                 let table = self.table(item, "a `{ host, port }` table")?;
                 let mut t = RawTarget {
                     span: self.span(item.span()),
+                    rejected: Rejected::default(),
                     host: None,
                     port: None,
                     weight: None,
                 };
                 for (key, value) in table.iter() {
+                    let before = self.diags.len();
                     match key.get_ref().as_ref() {
                         "host" => t.host = self.string(value),
                         "port" => t.port = self.port(value),
                         "weight" => t.weight = self.int(value),
                         _ => self.unknown(key, TARGET_KEYS, "a target"),
                     }
+                    self.note_rejected(before, key, &mut t.rejected);
                 }
                 Some(t)
             })
@@ -429,31 +472,37 @@ impl Cx<'_> {
     fn read_tls(&mut self, table: &DeTable<'_>, span: Span) -> RawTls {
         let mut t = RawTls {
             span,
+            rejected: Rejected::default(),
             mode: None,
             certificate: None,
         };
         for (key, value) in table.iter() {
+            let before = self.diags.len();
             match key.get_ref().as_ref() {
                 "mode" => t.mode = self.string(value),
                 "certificate" => {
                     if let Some(c) = self.table(value, "a `{ cert, key }` table") {
                         let mut cert = RawCertificate {
                             span: self.span(value.span()),
+                            rejected: Rejected::default(),
                             cert: None,
                             key: None,
                         };
                         for (key, value) in c.iter() {
+                            let before = self.diags.len();
                             match key.get_ref().as_ref() {
                                 "cert" => cert.cert = self.string(value),
                                 "key" => cert.key = self.string(value),
                                 _ => self.unknown(key, CERT_KEYS, "a certificate"),
                             }
+                            self.note_rejected(before, key, &mut cert.rejected);
                         }
                         t.certificate = Some(cert);
                     }
                 }
                 _ => self.unknown(key, TLS_KEYS, "[routes.action.tls]"),
             }
+            self.note_rejected(before, key, &mut t.rejected);
         }
         t
     }
@@ -461,17 +510,27 @@ impl Cx<'_> {
     fn read_redirect(&mut self, table: &DeTable<'_>, span: Span) -> RawRedirect {
         let mut r = RawRedirect {
             span,
+            rejected: Rejected::default(),
             to: None,
             status: None,
         };
         for (key, value) in table.iter() {
+            let before = self.diags.len();
             match key.get_ref().as_ref() {
                 "to" => r.to = self.string(value),
                 "status" => r.status = self.int(value),
                 _ => self.unknown(key, REDIRECT_KEYS, "[routes.action.redirect]"),
             }
+            self.note_rejected(before, key, &mut r.rejected);
         }
         r
+    }
+
+    /// Remembers `key` as rejected when reading its value reported something.
+    fn note_rejected(&self, before: usize, key: &Spanned<Cow<'_, str>>, rejected: &mut Rejected) {
+        if self.diags.len() > before {
+            rejected.0.push(key.get_ref().to_string());
+        }
     }
 
     // ---- typed readers -------------------------------------------------------------
@@ -496,11 +555,17 @@ impl Cx<'_> {
         }
     }
 
-    /// A string, or an integer kept as its source text (for `ct_mark_mask = 0xff0000`).
+    /// A string, or an integer kept as its source text with its radix prefix (for
+    /// `ct_mark_mask = 0xff0000`).
     fn string_or_int(&mut self, value: &Value<'_>) -> Option<Sp<String>> {
         match value.get_ref() {
             DeValue::Integer(i) => {
-                let prefix = if i.radix() == 16 { "0x" } else { "" };
+                let prefix = match i.radix() {
+                    16 => "0x",
+                    8 => "0o",
+                    2 => "0b",
+                    _ => "",
+                };
                 Some(Sp::new(
                     format!("{prefix}{}", i.as_str()),
                     self.span(value.span()),

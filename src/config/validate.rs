@@ -76,13 +76,17 @@ fn settings(files: &[(FileId, PathBuf, RawFile)], diags: &mut Vec<Diagnostic>) -
         }
     }
     if let Some(engine) = &first.default_engine {
-        if let Some(e) = engine_choice(engine, diags) {
+        if let Some(e) = engine_choice(engine, "default engine", diags) {
             s.default_engine = e;
+            s.default_engine_span = Some(engine.span);
         }
     }
     if let Some(mask) = &first.ct_mark_mask {
         match parse_mask(&mask.value) {
-            Ok(m) => s.ct_mark_mask = m,
+            Ok(m) => {
+                s.ct_mark_mask = m;
+                s.ct_mark_mask_span = Some(mask.span);
+            }
             Err(why) => diags.push(
                 Diagnostic::error("E026", mask.span, format!("invalid `ct_mark_mask`: {why}"))
                     .label("here")
@@ -103,26 +107,43 @@ fn table_name_ok(name: &str) -> bool {
     name_syntax_ok(name) && !name.contains('-') && !crate::render::is_nft_keyword(name)
 }
 
+/// `0x00ff0000`, `0o…`, `0b…` or decimal, `_` allowed between digits (as in a TOML
+/// integer); one contiguous run of set bits.
 fn parse_mask(text: &str) -> Result<u32, &'static str> {
-    let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X"));
-    let value = match digits {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => text.parse::<u32>(),
-    }
-    .map_err(|_| "not a 32-bit hexadecimal or decimal number")?;
+    let text: String = text.trim().chars().filter(|c| *c != '_').collect();
+    let lower = text.to_ascii_lowercase();
+    let (digits, radix) = if let Some(hex) = lower.strip_prefix("0x") {
+        (hex, 16)
+    } else if let Some(oct) = lower.strip_prefix("0o") {
+        (oct, 8)
+    } else if let Some(bin) = lower.strip_prefix("0b") {
+        (bin, 2)
+    } else {
+        (lower.as_str(), 10)
+    };
+    let value = u32::from_str_radix(digits, radix)
+        .ok()
+        .filter(|_| !digits.starts_with(['+', '-']))
+        .ok_or("not a 32-bit hexadecimal or decimal number")?;
     if value == 0 {
         return Err("the mask is zero");
     }
+    // Shifted down to bit 0, a contiguous run is 2^n - 1: adding one clears every bit.
     let shifted = value >> value.trailing_zeros();
-    if shifted & (shifted + 1) != 0 && shifted != u32::MAX {
+    if shifted & shifted.wrapping_add(1) != 0 {
         return Err("the bits are not contiguous");
     }
     Ok(value)
 }
 
-fn engine_choice(value: &Sp<String>, diags: &mut Vec<Diagnostic>) -> Option<EngineChoice> {
+fn engine_choice(
+    value: &Sp<String>,
+    what: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<EngineChoice> {
     one_of(
         value,
+        what,
         &[
             ("auto", EngineChoice::Auto),
             ("nftables", EngineChoice::Nftables),
@@ -133,9 +154,11 @@ fn engine_choice(value: &Sp<String>, diags: &mut Vec<Diagnostic>) -> Option<Engi
     )
 }
 
-/// Maps a string to one of a closed set of values, or reports E019 with the choices.
+/// Maps a string to one of a closed set of values, or reports E019 naming `what` was
+/// expected and the choices.
 fn one_of<T: Copy>(
     value: &Sp<String>,
+    what: &str,
     choices: &[(&str, T)],
     diags: &mut Vec<Diagnostic>,
 ) -> Option<T> {
@@ -160,7 +183,7 @@ fn one_of<T: Copy>(
         Diagnostic::error(
             "E019",
             value.span,
-            format!("unknown value `{}`", value.value),
+            format!("unknown {what} `{}`", value.value),
         )
         .label("not one of the allowed values")
         .help(help),
@@ -203,6 +226,7 @@ fn route(
 ) -> Option<Route> {
     let before = diags.iter().filter(|d| d.is_error()).count();
     let name = match &raw.name {
+        None if raw.rejected.contains("name") => None,
         None => {
             diags.push(missing(
                 raw.span,
@@ -222,11 +246,13 @@ fn route(
         Some(n) => Some(n.clone()),
     };
     let Some(m) = &raw.matcher else {
-        diags.push(missing(
-            raw.span,
-            "`[routes.match]`",
-            "add a `[routes.match]` table with at least `ports`",
-        ));
+        if !raw.rejected.contains("match") {
+            diags.push(missing(
+                raw.span,
+                "`[routes.match]`",
+                "add a `[routes.match]` table with at least `ports`",
+            ));
+        }
         return None;
     };
     let protocol = m
@@ -235,6 +261,7 @@ fn route(
         .map_or(Some(Protocol::Tcp), |p| {
             one_of(
                 p,
+                "protocol",
                 &[
                     ("tcp", Protocol::Tcp),
                     ("udp", Protocol::Udp),
@@ -244,7 +271,11 @@ fn route(
             )
         })
         .unwrap_or(Protocol::Tcp);
+    // A port already reported (here or by the parser) leaves the route's ports unknown:
+    // checks that depend on the whole list (range mapping) are then skipped.
+    let ports_rejected = m.rejected.contains("ports");
     let (ports, ports_span) = match &m.ports {
+        None if ports_rejected => (Vec::new(), m.span),
         None => {
             diags.push(missing(
                 m.span,
@@ -253,6 +284,7 @@ fn route(
             ));
             (Vec::new(), m.span)
         }
+        Some(list) if list.value.is_empty() && ports_rejected => (Vec::new(), list.span),
         Some(list) if list.value.is_empty() => {
             diags.push(
                 Diagnostic::error("E036", list.span, "`ports` is empty")
@@ -269,6 +301,10 @@ fn route(
             list.span,
         ),
     };
+    let ports_known = !ports_rejected
+        && m.ports
+            .as_ref()
+            .is_some_and(|l| l.value.len() == ports.len());
     let domains: Vec<String> = m
         .domains
         .iter()
@@ -293,19 +329,23 @@ fn route(
         .collect();
 
     let Some(action) = &raw.action else {
-        diags.push(missing(
-            raw.span,
-            "`[routes.action]`",
-            "add a `[routes.action]` table, e.g. `type = \"forward\"` with `targets`",
-        ));
+        if !raw.rejected.contains("action") {
+            diags.push(missing(
+                raw.span,
+                "`[routes.action]`",
+                "add a `[routes.action]` table, e.g. `type = \"forward\"` with `targets`",
+            ));
+        }
         return None;
     };
-    let kind = action
-        .kind
-        .as_ref()
-        .map_or(Some(ActionKind::Forward), |k| {
+    // `None`: an unknown type, already reported; the checks that depend on it are skipped.
+    let kind = if action.rejected.contains("type") {
+        None
+    } else {
+        action.kind.as_ref().map_or(Some(ActionKind::Forward), |k| {
             one_of(
                 k,
+                "action type",
                 &[
                     ("forward", ActionKind::Forward),
                     ("block", ActionKind::Block),
@@ -314,11 +354,13 @@ fn route(
                 diags,
             )
         })
-        .unwrap_or(ActionKind::Forward);
+    };
     let choice = action
         .forwarding_engine
         .as_ref()
-        .map_or(Some(settings.default_engine), |e| engine_choice(e, diags))
+        .map_or(Some(settings.default_engine), |e| {
+            engine_choice(e, "forwarding engine", diags)
+        })
         .unwrap_or(settings.default_engine);
     let affinity = action
         .affinity
@@ -326,6 +368,7 @@ fn route(
         .map_or(Some(Affinity::None), |a| {
             one_of(
                 a,
+                "affinity",
                 &[("none", Affinity::None), ("source", Affinity::Source)],
                 diags,
             )
@@ -345,7 +388,7 @@ fn route(
             tls.span,
             "it has a `[routes.action.tls]` section, which only the userspace engine can serve",
         ))
-    } else if kind == ActionKind::Redirect {
+    } else if kind == Some(ActionKind::Redirect) {
         action.kind.as_ref().map(|k| {
             (
                 k.span,
@@ -357,17 +400,12 @@ fn route(
     };
     let engine = match (choice, needs_userspace) {
         (EngineChoice::Nftables, Some((why_span, why))) => {
-            let at = action
-                .forwarding_engine
-                .as_ref()
-                .map_or(raw.span, |e| e.span);
-            let mut d = Diagnostic::error("E022", at, "route is forced to the nftables engine but needs the userspace engine")
-                .label("`nftables` chosen here")
-                .help(format!("the kernel cannot serve this route because {why}; use `forwarding_engine = \"auto\"` or \"userspace\""));
-            if why_span != at {
-                d = d.also(why_span, "needs userspace because of this");
-            }
-            diags.push(d);
+            diags.push(forced_to_kernel(
+                action.forwarding_engine.as_ref().map(|e| e.span),
+                settings.default_engine_span,
+                why_span,
+                why,
+            ));
             Engine::Nftables
         }
         (EngineChoice::Userspace, _) | (EngineChoice::Auto, Some(_)) => Engine::Userspace,
@@ -382,11 +420,15 @@ fn route(
         );
     }
 
-    let single_range = match ports.as_slice() {
-        [only] if only.value.len() > 1 => Some(only.value),
-        _ => None,
+    let matched = if ports_known {
+        match ports.as_slice() {
+            [only] if only.value.len() > 1 => MatchedPorts::OneRange(only.value),
+            _ => MatchedPorts::Other,
+        }
+    } else {
+        MatchedPorts::Unknown
     };
-    let targets = targets(action, kind, single_range, diags);
+    let targets = targets(action, kind, matched, diags);
     let security = action
         .security
         .as_ref()
@@ -400,13 +442,14 @@ fn route(
     let tls = action.tls.as_ref().and_then(|t| tls(t, dir, diags));
     let redirect = redirect(action, kind, diags);
 
-    if kind == ActionKind::Forward && engine == Engine::Nftables {
+    if kind == Some(ActionKind::Forward) && engine == Engine::Nftables {
         address_families(&addresses, &targets, diags);
     }
 
     let enabled = raw.enabled.as_ref().is_none_or(|e| e.value);
     let errors_now = diags.iter().filter(|d| d.is_error()).count();
     let name = name?;
+    let kind = kind?;
     if errors_now > before {
         return None;
     }
@@ -436,6 +479,46 @@ fn route(
         tls,
         redirect,
     })
+}
+
+/// E022: a route that needs the userspace engine is forced to the kernel, by its own
+/// `forwarding_engine` or else by `[settings] default_engine`.
+fn forced_to_kernel(
+    route_choice: Option<Span>,
+    default_choice: Option<Span>,
+    why_span: Span,
+    why: &str,
+) -> Diagnostic {
+    let message = "route is forced to the nftables engine but needs the userspace engine";
+    match route_choice {
+        Some(at) => Diagnostic::error("E022", at, message)
+            .label("`nftables` chosen here")
+            .also(why_span, "needs userspace because of this")
+            .help(format!(
+                "the kernel cannot serve this route because {why}; use `forwarding_engine = \"auto\"` or \"userspace\""
+            )),
+        None => {
+            let mut d = Diagnostic::error("E022", why_span, message)
+                .label("needs the userspace engine");
+            if let Some(default) = default_choice {
+                d = d.also(default, "`nftables` is the default engine here");
+            }
+            d.help(format!(
+                "the kernel cannot serve this route because {why}; set `forwarding_engine = \"userspace\"` on the route, or `default_engine = \"auto\"`"
+            ))
+        }
+    }
+}
+
+/// What the route matches, for a target port range mapped 1:1 from it.
+#[derive(Clone, Copy)]
+enum MatchedPorts {
+    /// Exactly one range of more than one port.
+    OneRange(PortRange),
+    /// Anything else: single ports, several entries.
+    Other,
+    /// Some port was invalid and is already reported.
+    Unknown,
 }
 
 fn protocol_name(p: Protocol) -> &'static str {
@@ -529,12 +612,13 @@ fn is_dns_name(s: &str) -> bool {
 
 fn targets(
     action: &super::parse::RawAction,
-    kind: ActionKind,
-    single_range: Option<PortRange>,
+    kind: Option<ActionKind>,
+    matched: MatchedPorts,
     diags: &mut Vec<Diagnostic>,
 ) -> Vec<Target> {
+    let rejected = action.rejected.contains("targets");
     match (&action.targets, kind) {
-        (None, ActionKind::Forward) => {
+        (None, Some(ActionKind::Forward)) if !rejected => {
             diags.push(
                 Diagnostic::error(
                     "E024",
@@ -546,7 +630,7 @@ fn targets(
             );
             return Vec::new();
         }
-        (Some(t), ActionKind::Forward) if t.value.is_empty() => {
+        (Some(t), Some(ActionKind::Forward)) if t.value.is_empty() && !rejected => {
             diags.push(
                 Diagnostic::error("E024", t.span, "a forward route needs at least one target")
                     .label("empty list")
@@ -554,7 +638,7 @@ fn targets(
             );
             return Vec::new();
         }
-        (Some(t), ActionKind::Block | ActionKind::Redirect) => {
+        (Some(t), Some(ActionKind::Block | ActionKind::Redirect)) => {
             diags.push(
                 Diagnostic::error(
                     "E030",
@@ -567,7 +651,8 @@ fn targets(
             return Vec::new();
         }
         (None, _) => return Vec::new(),
-        (Some(_), ActionKind::Forward) => {}
+        // Forward, or an unknown type (already reported): still check each target.
+        (Some(_), Some(ActionKind::Forward) | None) => {}
     }
     let Some(list) = &action.targets else {
         return Vec::new();
@@ -576,6 +661,7 @@ fn targets(
         .iter()
         .filter_map(|t| {
             let host = match &t.host {
+                None if t.rejected.contains("host") => None,
                 None => {
                     diags.push(missing(t.span, "target `host`", "add `host = \"198.51.100.2\"` (an address or a name)"));
                     None
@@ -584,7 +670,7 @@ fn targets(
             };
             let port = match &t.port {
                 None => Some(TargetPort::Preserve),
-                Some(p) => target_port(p, single_range, diags),
+                Some(p) => target_port(p, matched, diags),
             };
             let weight = match &t.weight {
                 None => Some(1),
@@ -629,7 +715,7 @@ fn host(h: &Sp<String>, diags: &mut Vec<Diagnostic>) -> Option<Sp<Host>> {
 
 fn target_port(
     p: &Sp<RawPort>,
-    single_range: Option<PortRange>,
+    matched: MatchedPorts,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<TargetPort> {
     match &p.value {
@@ -640,12 +726,15 @@ fn target_port(
             if range.len() == 1 {
                 return Some(TargetPort::Fixed { port: range.first });
             }
-            match single_range {
-                Some(matched) if matched.len() == range.len() => Some(TargetPort::Range {
-                    first: range.first,
-                    last: range.last,
-                }),
-                Some(matched) => {
+            match matched {
+                MatchedPorts::OneRange(matched) if matched.len() == range.len() => {
+                    Some(TargetPort::Range {
+                        first: range.first,
+                        last: range.last,
+                    })
+                }
+                MatchedPorts::Unknown => None,
+                MatchedPorts::OneRange(matched) => {
                     diags.push(
                         Diagnostic::error("E015", p.span, format!("target range `{s}` has {} ports but the matched range `{matched}` has {}", range.len(), matched.len()))
                             .label("length differs")
@@ -653,7 +742,7 @@ fn target_port(
                     );
                     None
                 }
-                None => {
+                MatchedPorts::Other => {
                     diags.push(
                         Diagnostic::error("E015", p.span, format!("target range `{s}` needs the route to match exactly one port range"))
                             .label("nothing to map from")
@@ -883,6 +972,9 @@ fn nft_options(n: &super::parse::RawNftables, diags: &mut Vec<Diagnostic>) -> Nf
 
 fn tls(t: &super::parse::RawTls, dir: &Path, diags: &mut Vec<Diagnostic>) -> Option<Tls> {
     let Some(mode_text) = &t.mode else {
+        if t.rejected.contains("mode") {
+            return None;
+        }
         diags.push(missing(
             t.span,
             "tls `mode`",
@@ -892,6 +984,7 @@ fn tls(t: &super::parse::RawTls, dir: &Path, diags: &mut Vec<Diagnostic>) -> Opt
     };
     let mode = one_of(
         mode_text,
+        "TLS mode",
         &[
             ("passthrough", TlsMode::Passthrough),
             ("terminate", TlsMode::Terminate),
@@ -916,15 +1009,8 @@ fn tls(t: &super::parse::RawTls, dir: &Path, diags: &mut Vec<Diagnostic>) -> Opt
             return None;
         }
         (Some(c), _) => {
-            let cert = pem_file(
-                c.cert.as_ref(),
-                c.span,
-                "cert",
-                dir,
-                PemKind::Certificate,
-                diags,
-            );
-            let key = pem_file(c.key.as_ref(), c.span, "key", dir, PemKind::Key, diags);
+            let cert = pem_file(c, "cert", dir, PemKind::Certificate, diags);
+            let key = pem_file(c, "key", dir, PemKind::Key, diags);
             (cert, key)
         }
     };
@@ -938,16 +1024,22 @@ enum PemKind {
 }
 
 fn pem_file(
-    path: Option<&Sp<String>>,
-    table_span: Span,
+    certificate: &super::parse::RawCertificate,
     field: &str,
     dir: &Path,
     kind: PemKind,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<PathBuf> {
+    let path = match kind {
+        PemKind::Certificate => certificate.cert.as_ref(),
+        PemKind::Key => certificate.key.as_ref(),
+    };
     let Some(path) = path else {
+        if certificate.rejected.contains(field) {
+            return None;
+        }
         diags.push(missing(
-            table_span,
+            certificate.span,
             &format!("certificate `{field}`"),
             "give both `cert` and `key` paths (relative to the route file)",
         ));
@@ -1000,11 +1092,11 @@ fn pem_file(
 
 fn redirect(
     action: &super::parse::RawAction,
-    kind: ActionKind,
+    kind: Option<ActionKind>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Redirect> {
     match (&action.redirect, kind) {
-        (None, ActionKind::Redirect) => {
+        (None, Some(ActionKind::Redirect)) if !action.rejected.contains("redirect") => {
             diags.push(
                 Diagnostic::error(
                     "E029",
@@ -1016,7 +1108,7 @@ fn redirect(
             );
             None
         }
-        (Some(r), ActionKind::Forward | ActionKind::Block) => {
+        (Some(r), Some(ActionKind::Forward | ActionKind::Block)) => {
             diags.push(
                 Diagnostic::error(
                     "E030",
@@ -1028,10 +1120,11 @@ fn redirect(
             );
             None
         }
-        (None, _) => None,
-        (Some(r), ActionKind::Redirect) => {
+        (None, _) | (Some(_), None) => None,
+        (Some(r), Some(ActionKind::Redirect)) => {
             let to = match &r.to {
                 Some(to) if !to.value.trim().is_empty() => Some(to.value.clone()),
+                None if r.rejected.contains("to") => None,
                 _ => {
                     diags.push(missing(
                         r.span,
@@ -1208,7 +1301,10 @@ fn mark_capacity(settings: &Settings, routes: &[Route], diags: &mut Vec<Diagnost
         return;
     }
     let needed = usize::BITS - kernel.len().leading_zeros();
-    let at = settings.span.unwrap_or(kernel[capacity].name_span);
+    let at = settings
+        .ct_mark_mask_span
+        .or(settings.span)
+        .unwrap_or(kernel[capacity].name_span);
     diags.push(
         Diagnostic::error(
             "E026",
