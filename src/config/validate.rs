@@ -70,7 +70,7 @@ fn settings(files: &[(FileId, PathBuf, RawFile)], diags: &mut Vec<Diagnostic>) -
                     table.span,
                     format!("invalid table name `{}`", table.value),
                 )
-                .label("not a usable nftables table name")
+                .label(table_name_problem(&table.value))
                 .help("use [a-z][a-z0-9_]{0,31}, not an nft keyword (e.g. `smartproxy`)"),
             );
         }
@@ -89,7 +89,7 @@ fn settings(files: &[(FileId, PathBuf, RawFile)], diags: &mut Vec<Diagnostic>) -
             }
             Err(why) => diags.push(
                 Diagnostic::error("E026", mask.span, format!("invalid `ct_mark_mask`: {why}"))
-                    .label("here")
+                    .label("not a usable mark mask")
                     .help("give one contiguous run of bits as hex, e.g. \"0x00ff0000\""),
             ),
         }
@@ -105,6 +105,17 @@ fn settings(files: &[(FileId, PathBuf, RawFile)], diags: &mut Vec<Diagnostic>) -
 
 fn table_name_ok(name: &str) -> bool {
     name_syntax_ok(name) && !name.contains('-') && !crate::render::is_nft_keyword(name)
+}
+
+/// Why a table name is refused, for the label of E027.
+fn table_name_problem(name: &str) -> String {
+    if name_syntax_ok(name) && crate::render::is_nft_keyword(name) {
+        format!("`{name}` is an nft keyword")
+    } else if name.contains('-') && name_syntax_ok(name) {
+        "`-` is not allowed in a table name".to_owned()
+    } else {
+        name_problem(name)
+    }
 }
 
 /// `0x00ff0000`, `0o…`, `0b…` or decimal, `_` allowed between digits (as in a TOML
@@ -209,6 +220,26 @@ fn out_of_range(span: Span, what: &str, min: i64, max: i64) -> Diagnostic {
     .help(format!("use a value from {min} to {max}"))
 }
 
+/// Why a name fails [`name_syntax_ok`], for a label: the first rule it breaks.
+fn name_problem(name: &str) -> String {
+    let count = name.chars().count();
+    match name.chars().next() {
+        None => return "the name is empty".to_owned(),
+        Some('a'..='z') => {}
+        Some(c) => return format!("starts with `{c}`, not a lowercase letter"),
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
+    {
+        return format!("`{c}` is not allowed (lowercase letters, digits, `_`, `-`)");
+    }
+    if name.len() > 32 {
+        return format!("{count} characters, at most 32");
+    }
+    "must match [a-z][a-z0-9_-]{0,31}".to_owned()
+}
+
 fn name_syntax_ok(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some('a'..='z'))
@@ -238,7 +269,7 @@ fn route(
         Some(n) if !name_syntax_ok(&n.value) => {
             diags.push(
                 Diagnostic::error("E010", n.span, format!("invalid route name `{}`", n.value))
-                    .label("must match [a-z][a-z0-9_-]{0,31}")
+                    .label(name_problem(&n.value))
                     .help("start with a lowercase letter; use lowercase letters, digits, `_` and `-`; at most 32 characters"),
             );
             None
@@ -1219,10 +1250,18 @@ fn conflicts(routes: &[Route], diags: &mut Vec<Diagnostic>) {
                 first: range.first.max(other_range.first),
                 last: range.last.min(other_range.last),
             };
-            let help = if a.engine == b.engine {
-                "give one route its own `addresses`, or use distinct ports".to_owned()
-            } else {
+            let shared_address = a.addresses.iter().find(|x| b.addresses.contains(x));
+            let help = if a.engine != b.engine {
                 "a kernel route takes every packet of its port before the userspace engine sees it; use distinct ports or `addresses`".to_owned()
+            } else if let Some(addr) = shared_address {
+                format!(
+                    "both routes list address `{addr}`; give them distinct `addresses` or ports"
+                )
+            } else if a.addresses.is_empty() && b.addresses.is_empty() {
+                "neither route has `addresses`, so both claim the port on every local address; give them distinct `addresses`, or use distinct ports".to_owned()
+            } else {
+                let open = if a.addresses.is_empty() { a } else { b };
+                format!("route `{}` has no `addresses`, so it claims the port on every local address; give it `addresses` that the other route does not list, or use distinct ports", open.name)
             };
             diags.push(
                 Diagnostic::error(
