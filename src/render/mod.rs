@@ -193,8 +193,6 @@ pub enum RenderError {
     Template(#[from] minijinja::Error),
     #[error("JSON error: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("{0} is not implemented yet")]
-    Unsupported(&'static str),
 }
 
 /// The nft script for a model: `nft -f` ready, byte-identical for the same model.
