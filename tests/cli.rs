@@ -14,7 +14,10 @@ fn examples() -> Vec<PathBuf> {
         .expect("examples/ exists")
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml") || p.is_dir() && p.join("00-settings.toml").exists())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "toml")
+                || p.is_dir() && p.join("00-settings.toml").exists()
+        })
         .collect();
     out.sort();
     assert!(out.len() >= 7, "examples/ holds the scenarios of the issue");
@@ -22,7 +25,10 @@ fn examples() -> Vec<PathBuf> {
 }
 
 fn rel(p: &Path) -> String {
-    p.strip_prefix(common::repo()).unwrap_or(p).to_string_lossy().into_owned()
+    p.strip_prefix(common::repo())
+        .unwrap_or(p)
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[test]
@@ -47,13 +53,28 @@ fn every_example_compiles_and_nft_accepts_it() {
         std::fs::write(&file, &script).expect("write");
         let ns = Netns::new("ex");
         let check = ns.nft(&["-c", "-f", file.to_str().expect("utf-8")], None);
-        assert!(check.status.success(), "{}: nft -c: {}", ex.display(), String::from_utf8_lossy(&check.stderr));
+        assert!(
+            check.status.success(),
+            "{}: nft -c: {}",
+            ex.display(),
+            String::from_utf8_lossy(&check.stderr)
+        );
         let load = ns.load_file(&file, false);
-        assert!(load.status.success(), "{}: nft -f: {}", ex.display(), String::from_utf8_lossy(&load.stderr));
+        assert!(
+            load.status.success(),
+            "{}: nft -f: {}",
+            ex.display(),
+            String::from_utf8_lossy(&load.stderr)
+        );
         // Loading the same script again replaces the table (one transaction, idempotent).
         let before = ns.nft_ok(&["-s", "list", "ruleset"], None);
         assert!(ns.load_file(&file, false).status.success());
-        assert_eq!(before, ns.nft_ok(&["-s", "list", "ruleset"], None), "{}: reload changed the ruleset", ex.display());
+        assert_eq!(
+            before,
+            ns.nft_ok(&["-s", "list", "ruleset"], None),
+            "{}: reload changed the ruleset",
+            ex.display()
+        );
     }
 }
 
@@ -61,9 +82,18 @@ fn every_example_compiles_and_nft_accepts_it() {
 fn the_smartproxy_scenario_redirects_5000_to_4000_for_local_and_remote_clients() {
     let (code, script, err) = run(&["compile", "examples/smartproxy-scenario.toml"]);
     assert_eq!(code, 0, "{err}");
-    assert!(script.contains("tcp . 5000 : jump n4_local-5000"), "{script}");
-    assert!(script.contains("meta l4proto tcp redirect to :4000"), "{script}");
-    assert!(script.contains("chain nat_output {\n\t\ttype nat hook output priority -100;"), "{script}");
+    assert!(
+        script.contains("tcp . 5000 : jump n4_local-5000"),
+        "{script}"
+    );
+    assert!(
+        script.contains("meta l4proto tcp redirect to :4000"),
+        "{script}"
+    );
+    assert!(
+        script.contains("chain nat_output {\n\t\ttype nat hook output priority -100;"),
+        "{script}"
+    );
 }
 
 #[test]
@@ -78,15 +108,29 @@ fn output_is_byte_identical_across_runs_and_file_creation_order() {
     for order in [names.to_vec(), names.iter().rev().copied().collect()] {
         let dir = tempfile::tempdir().expect("tempdir");
         for name in order {
-            std::fs::copy(common::repo().join("examples/routes.d").join(name), dir.path().join(name)).expect("copy");
+            std::fs::copy(
+                common::repo().join("examples/routes.d").join(name),
+                dir.path().join(name),
+            )
+            .expect("copy");
         }
         outputs.push(run(&["compile", dir.path().to_str().expect("utf-8")]).1);
     }
     assert_eq!(outputs[0], outputs[1]);
     assert_eq!(outputs[0], first);
     // JSON too.
-    let (_, j1, _) = run(&["compile", "--format", "json", "examples/security-limits.toml"]);
-    let (_, j2, _) = run(&["compile", "--format", "json", "examples/security-limits.toml"]);
+    let (_, j1, _) = run(&[
+        "compile",
+        "--format",
+        "json",
+        "examples/security-limits.toml",
+    ]);
+    let (_, j2, _) = run(&[
+        "compile",
+        "--format",
+        "json",
+        "examples/security-limits.toml",
+    ]);
     assert_eq!(j1, j2);
 }
 
@@ -144,12 +188,22 @@ fn hostile_names_and_descriptions_cannot_inject_and_the_foreign_table_is_untouch
     assert_eq!(code, 0, "{err}");
     // Rendered text: names only behind prefixes, comments without quotes or newlines.
     for line in script.lines().filter(|l| l.contains("comment")) {
-        assert_eq!(line.matches('"').count(), 2, "one quoted comment per line: {line}");
+        assert_eq!(
+            line.matches('"').count(),
+            2,
+            "one quoted comment per line: {line}"
+        );
     }
     let outside_comments = |text: &str| -> String {
-        text.lines().filter(|l| !l.trim_start().starts_with("comment \"")).collect::<Vec<_>>().join("\n")
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with("comment \""))
+            .collect::<Vec<_>>()
+            .join("\n")
     };
-    assert!(!outside_comments(&script).contains("policy drop"), "nothing of the description became a rule");
+    assert!(
+        !outside_comments(&script).contains("policy drop"),
+        "nothing of the description became a rule"
+    );
     if !common::netns_available("hostile_names_and_descriptions_cannot_inject") {
         return;
     }
@@ -159,28 +213,53 @@ fn hostile_names_and_descriptions_cannot_inject_and_the_foreign_table_is_untouch
     let file = dir.path().join("out.nft");
     std::fs::write(&file, &script).expect("write");
     let load = ns.load_file(&file, false);
-    assert!(load.status.success(), "nft -f: {}", String::from_utf8_lossy(&load.stderr));
+    assert!(
+        load.status.success(),
+        "nft -f: {}",
+        String::from_utf8_lossy(&load.stderr)
+    );
     let tables = ns.nft_ok(&["list", "tables"], None);
     assert_eq!(tables, "table inet foreign\ntable inet smartproxy\n");
-    assert_eq!(foreign_before, ns.nft_ok(&["-s", "list", "table", "inet", "foreign"], None));
+    assert_eq!(
+        foreign_before,
+        ns.nft_ok(&["-s", "list", "table", "inet", "foreign"], None)
+    );
     // Our table holds exactly the three routes' chains and nothing else hooked.
     let ours = ns.nft_ok(&["-s", "list", "table", "inet", "smartproxy"], None);
     for chain in ["f_fwd", "f_ip", "f_counter"] {
         assert!(ours.contains(&format!("chain {chain} {{")), "{ours}");
     }
     assert!(!outside_comments(&ours).contains("policy drop"));
-    assert!(ours.contains("flush ruleset"), "the text survives inside a comment: {ours}");
+    assert!(
+        ours.contains("flush ruleset"),
+        "the text survives inside a comment: {ours}"
+    );
     // The JSON form is as harmless.
-    let (code, json, err) = run(&["compile", "--format", "json", routes.to_str().expect("utf-8")]);
+    let (code, json, err) = run(&[
+        "compile",
+        "--format",
+        "json",
+        routes.to_str().expect("utf-8"),
+    ]);
     assert_eq!(code, 0, "{err}");
     let jfile = dir.path().join("out.json");
     std::fs::write(&jfile, &json).expect("write");
     let ns2 = Netns::new("hostilej");
     ns2.nft_ok(&["-f", "-"], Some(FOREIGN));
     let load = ns2.load_file(&jfile, true);
-    assert!(load.status.success(), "nft -j -f: {}", String::from_utf8_lossy(&load.stderr));
-    assert_eq!(ns2.nft_ok(&["list", "tables"], None), "table inet foreign\ntable inet smartproxy\n");
-    assert_eq!(foreign_before, ns2.nft_ok(&["-s", "list", "table", "inet", "foreign"], None));
+    assert!(
+        load.status.success(),
+        "nft -j -f: {}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    assert_eq!(
+        ns2.nft_ok(&["list", "tables"], None),
+        "table inet foreign\ntable inet smartproxy\n"
+    );
+    assert_eq!(
+        foreign_before,
+        ns2.nft_ok(&["-s", "list", "table", "inet", "foreign"], None)
+    );
     // What nft lists back reloads (the admin's backups keep working).
     let listed = ns.nft_ok(&["list", "ruleset"], None);
     let ns3 = Netns::new("hostiler");
@@ -191,15 +270,28 @@ fn hostile_names_and_descriptions_cannot_inject_and_the_foreign_table_is_untouch
 fn compile_writes_to_a_file_with_dash_o() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("ruleset.nft");
-    let (code, stdout, err) = run(&["compile", "examples/weighted.toml", "-o", out.to_str().expect("utf-8")]);
+    let (code, stdout, err) = run(&[
+        "compile",
+        "examples/weighted.toml",
+        "-o",
+        out.to_str().expect("utf-8"),
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.is_empty());
-    assert_eq!(std::fs::read_to_string(&out).expect("written"), run(&["compile", "examples/weighted.toml"]).1);
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("written"),
+        run(&["compile", "examples/weighted.toml"]).1
+    );
 }
 
 #[test]
 fn usage_errors_exit_1_and_help_exits_0() {
-    for args in [vec!["frobnicate"], vec!["check"], vec!["compile", "--format", "yaml", "x.toml"], vec![]] {
+    for args in [
+        vec!["frobnicate"],
+        vec!["check"],
+        vec!["compile", "--format", "yaml", "x.toml"],
+        vec![],
+    ] {
         let (code, _, err) = run(&args);
         assert_eq!(code, 1, "{args:?}: {err}");
         assert!(!err.is_empty());
@@ -209,14 +301,20 @@ fn usage_errors_exit_1_and_help_exits_0() {
     assert!(out.contains("check") && out.contains("compile"));
     let (code, _, err) = run(&["compile", "no/such/file.toml"]);
     assert_eq!(code, 1);
-    assert!(err.contains("no/such/file.toml") && err.contains("E007"), "{err}");
+    assert!(
+        err.contains("no/such/file.toml") && err.contains("E007"),
+        "{err}"
+    );
 }
 
 #[test]
 fn check_reports_userspace_and_kernel_counts() {
     let (code, out, _) = run(&["check", "examples/tls-sni.toml", "examples/weighted.toml"]);
     assert_eq!(code, 0, "{out}");
-    assert_eq!(out, "ok: 5 routes (2 nftables, 3 userspace, 0 disabled), 0 warnings\n");
+    assert_eq!(
+        out,
+        "ok: 5 routes (2 nftables, 3 userspace, 0 disabled), 0 warnings\n"
+    );
 }
 
 #[test]

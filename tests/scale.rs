@@ -23,12 +23,20 @@ fn route_file(block_list: &[String]) -> String {
             10_000 + i,
         );
         if i != 1 && i != ROUTES {
-            let _ = writeln!(out, "targets = [{{ host = \"198.51.100.{}\", port = 8080 }}]", 2 + i % 200);
+            let _ = writeln!(
+                out,
+                "targets = [{{ host = \"198.51.100.{}\", port = 8080 }}]",
+                2 + i % 200
+            );
         }
         if i == 1 || i == ROUTES {
             // Dual-stack, so that the IPv6 part of the block list is used too.
-            let _ = write!(out, "targets = [{{ host = \"198.51.100.{}\", port = 8080 }}, {{ host = \"2001:db8:1::2\", port = 8080 }}]\n", 2 + i % 200);
-            let _ = write!(out, "[routes.action.security]\nip_block_list = [{}]\n", block_list.join(", "));
+            let _ = writeln!(out, "targets = [{{ host = \"198.51.100.{}\", port = 8080 }}, {{ host = \"2001:db8:1::2\", port = 8080 }}]", 2 + i % 200);
+            let _ = write!(
+                out,
+                "[routes.action.security]\nip_block_list = [{}]\n",
+                block_list.join(", ")
+            );
         }
     }
     out
@@ -59,7 +67,10 @@ fn parse_elements(body: &str) -> Vec<(Vec<String>, String)> {
         .filter(|e| !e.is_empty())
         .map(|e| {
             let (key, verdict) = e.split_once(" : ").expect("element is `key : verdict`");
-            (key.split(" . ").map(|k| k.trim().to_owned()).collect(), verdict.trim().to_owned())
+            (
+                key.split(" . ").map(|k| k.trim().to_owned()).collect(),
+                verdict.trim().to_owned(),
+            )
         })
         .collect()
 }
@@ -113,7 +124,9 @@ fn key_matches(pattern: &[String], key: &[String]) -> bool {
                 return true;
             }
             match (p.split_once('-'), k.parse::<u32>()) {
-                (Some((a, b)), Ok(v)) => a.parse::<u32>().is_ok_and(|a| a <= v) && b.parse::<u32>().is_ok_and(|b| v <= b),
+                (Some((a, b)), Ok(v)) => {
+                    a.parse::<u32>().is_ok_and(|a| a <= v) && b.parse::<u32>().is_ok_and(|b| v <= b)
+                }
                 _ => false,
             }
         })
@@ -127,7 +140,10 @@ struct Packet {
 
 impl Ruleset {
     fn lookup(&self, map: &str, key: &[String]) -> Option<String> {
-        self.maps[map].iter().find(|(k, _)| key_matches(k, key)).map(|(_, v)| v.clone())
+        self.maps[map]
+            .iter()
+            .find(|(k, _)| key_matches(k, key))
+            .map(|(_, v)| v.clone())
     }
 
     /// Walks one chain; returns (rules evaluated, whether a terminal verdict was reached).
@@ -145,10 +161,6 @@ impl Ruleset {
                         return (count, true);
                     }
                 }
-                Verdict::Goto(target) => {
-                    let (n, _) = self.walk(&target, p);
-                    return (count + n, true);
-                }
                 Verdict::Terminal => return (count, true),
             }
         }
@@ -160,15 +172,22 @@ impl Ruleset {
             Some(v) => Verdict::Jump(v.trim_start_matches("jump ").to_owned()),
             None => Verdict::Continue,
         };
-        if rule.starts_with("meta nfproto ipv4 fib daddr type local meta l4proto . th dport vmap @") {
+        if rule.starts_with("meta nfproto ipv4 fib daddr type local meta l4proto . th dport vmap @")
+        {
             let map = rule.rsplit('@').next().unwrap_or_default();
             return vmap_target(self.lookup(map, &["tcp".into(), p.dport.to_string()]));
         }
-        if rule.starts_with("meta nfproto ipv6") || rule.starts_with("ip6 daddr") || rule.starts_with("ip daddr . ") {
+        if rule.starts_with("meta nfproto ipv6")
+            || rule.starts_with("ip6 daddr")
+            || rule.starts_with("ip daddr . ")
+        {
             // Not an IPv6 packet / no `addresses` element for this packet: evaluated, no match.
             let map = rule.rsplit('@').next().unwrap_or_default();
             if rule.starts_with("ip daddr . ") {
-                assert!(self.maps[map].is_empty(), "addresses maps are empty in this test");
+                assert!(
+                    self.maps[map].is_empty(),
+                    "addresses maps are empty in this test"
+                );
             }
             return Verdict::Continue;
         }
@@ -190,7 +209,9 @@ impl Ruleset {
         if rule.starts_with("ct direction original ip6 saddr @") {
             return Verdict::Continue;
         }
-        if rule.starts_with("iif != \"lo\"") || rule.contains("ct mark & ") && rule.contains("vmap @") {
+        if rule.starts_with("iif != \"lo\"")
+            || rule.contains("ct mark & ") && rule.contains("vmap @")
+        {
             let map = rule.rsplit('@').next().unwrap_or_default();
             return match &p.mark {
                 Some(mark) => vmap_target(self.lookup(map, std::slice::from_ref(mark))),
@@ -204,7 +225,6 @@ impl Ruleset {
 enum Verdict {
     Continue,
     Jump(String),
-    Goto(String),
     Terminal,
 }
 
@@ -213,7 +233,12 @@ enum Verdict {
 fn rules_passed(rs: &Ruleset, dport: u16) -> (usize, Option<String>) {
     let mut p = Packet { dport, mark: None };
     let mut total = 0;
-    for base in ["nat_prerouting", "filter_forward", "nat_postrouting", "qos_postrouting"] {
+    for base in [
+        "nat_prerouting",
+        "filter_forward",
+        "nat_postrouting",
+        "qos_postrouting",
+    ] {
         total += rs.walk(base, &mut p).0;
     }
     (total, p.mark)
@@ -232,12 +257,22 @@ fn route_one_and_route_ten_thousand_pass_the_same_number_of_rules() {
     let dir = tempfile::tempdir().expect("tempdir");
     let script = compile(dir.path(), &route_file(&block_list()));
     let rs = parse(&script);
-    assert_eq!(rs.maps["dnat4"].len(), ROUTES, "one dispatch element per route");
+    assert_eq!(
+        rs.maps["dnat4"].len(),
+        ROUTES,
+        "one dispatch element per route"
+    );
 
     let (first, mark_first) = rules_passed(&rs, 10_001);
     let (last, mark_last) = rules_passed(&rs, 10_000 + u16::try_from(ROUTES).expect("fits"));
-    assert!(mark_first.is_some() && mark_last.is_some() && mark_first != mark_last, "both packets were routed, to different routes");
-    assert_eq!(first, last, "route 1 and route {ROUTES} pass the same number of rules");
+    assert!(
+        mark_first.is_some() && mark_last.is_some() && mark_first != mark_last,
+        "both packets were routed, to different routes"
+    );
+    assert_eq!(
+        first, last,
+        "route 1 and route {ROUTES} pass the same number of rules"
+    );
 
     // And the same as with a single route: the count does not grow with the ruleset.
     let single = compile(
@@ -245,8 +280,14 @@ fn route_one_and_route_ten_thousand_pass_the_same_number_of_rules() {
         "[settings]\nct_mark_mask = \"0xffff0000\"\n[[routes]]\nname = \"only\"\n[routes.match]\nports = 10001\n[routes.action]\ntargets = [{ host = \"198.51.100.2\", port = 8080 }, { host = \"2001:db8:1::2\", port = 8080 }]\n[routes.action.security]\nip_block_list = [\"192.0.2.1\", \"2001:db8::1\"]\n",
     );
     let (one, _) = rules_passed(&parse(&single), 10_001);
-    assert_eq!(first, one, "a packet passes as many rules with 1 route as with {ROUTES}");
-    assert!(first < 20, "a packet passes a small constant number of rules, got {first}");
+    assert_eq!(
+        first, one,
+        "a packet passes as many rules with 1 route as with {ROUTES}"
+    );
+    assert!(
+        first < 20,
+        "a packet passes a small constant number of rules, got {first}"
+    );
 }
 
 #[test]
@@ -260,9 +301,19 @@ fn ten_thousand_routes_and_a_ten_thousand_address_block_list_load_in_nft() {
     std::fs::write(&file, &script).expect("write script");
     let ns = common::Netns::new("scale");
     let out = ns.load_file(&file, false);
-    assert!(out.status.success(), "nft -f failed: {}", String::from_utf8_lossy(&out.stderr));
-    let listed = ns.nft_ok(&["list", "set", "inet", "smartproxy", "block6_r10000"], None);
+    assert!(
+        out.status.success(),
+        "nft -f failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = ns.nft_ok(
+        &["list", "set", "inet", "smartproxy", "block6_r10000"],
+        None,
+    );
     assert!(listed.contains("2001:db8:2::"), "the block list was loaded");
     let chains = ns.nft_ok(&["list", "chains", "inet"], None);
-    assert!(chains.contains("chain f_r10000"), "the last route's chain exists");
+    assert!(
+        chains.contains("chain f_r10000"),
+        "the last route's chain exists"
+    );
 }

@@ -85,7 +85,11 @@ impl Netns {
     pub fn nft(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name, "nft"]).args(args);
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("nft runs");
         if let Some(input) = stdin {
@@ -124,6 +128,8 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
