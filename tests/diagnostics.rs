@@ -172,6 +172,10 @@ cases! {
     bad_match_address: "bad-match-address.toml" => exit 1 { E017 @ "6:14" }
     bad_rate: "bad-rate.toml" => exit 1 { E018 @ "11:14" }
     bad_byte_rate: "bad-byte-rate.toml" => exit 1 { E018 @ "11:12" }
+    /// Regression: a rate beyond nftables' 32 bits used to pass `check` and fail (or, for a
+    /// byte rate, overflow) when rendering.
+    rate_too_large: "rate-too-large.toml" => exit 1 { E018 @ "11:14" }
+    byte_rate_too_large: "byte-rate-too-large.toml" => exit 1 { E018 @ "12:12" }
     bad_domain: "bad-domain.toml" => exit 1 { E032 @ "6:27", E032 @ "6:48" }
     weight_out_of_range: "weight-out-of-range.toml" => exit 1 { E025 @ "9:50", E025 @ "10:50" }
     out_of_range_numbers: "out-of-range-numbers.toml" => exit 1 {

@@ -932,15 +932,27 @@ fn rate(r: &Sp<String>, diags: &mut Vec<Diagnostic>) -> Option<Rate> {
         };
         Some(Rate { count, unit, burst })
     })();
-    if parsed.is_none() {
-        diags.push(
+    match parsed {
+        None => diags.push(
             Diagnostic::error("E018", r.span, format!("invalid rate `{}`", r.value))
                 .label("expected `N/unit` or `N/unit burst M`")
                 .help("write e.g. \"20/second\" or \"20/second burst 40\" (units: second, minute, hour, day)"),
-        );
+        ),
+        Some(rate) if rate.count > NFT_MAX || rate.burst > NFT_MAX => {
+            diags.push(
+                Diagnostic::error("E018", r.span, format!("rate `{}` is too large", r.value))
+                    .label("more than nftables can count")
+                    .help(format!("nftables holds a rate and its burst in 32 bits: at most {NFT_MAX} each")),
+            );
+            return None;
+        }
+        Some(_) => {}
     }
     parsed
 }
+
+/// The largest count or burst that an nftables `limit` holds (32 bits).
+const NFT_MAX: u64 = u32::MAX as u64;
 
 fn time_unit(s: &str) -> Option<TimeUnit> {
     match s {
@@ -971,14 +983,44 @@ fn byte_rate(r: &Sp<String>, diags: &mut Vec<Diagnostic>) -> Option<ByteRate> {
             unit: time_unit(unit.trim())?,
         })
     })();
-    if parsed.is_none() {
+    let Some(rate) = parsed else {
         diags.push(
             Diagnostic::error("E018", r.span, format!("invalid byte rate `{}`", r.value))
                 .label("expected `N bytes|kbytes|mbytes/unit`")
                 .help("write e.g. \"10 mbytes/second\""),
         );
+        return None;
+    };
+    // The rendered limit has a burst of one second's worth, in bytes.
+    let unit_bytes: u64 = match rate.size {
+        SizeUnit::Bytes => 1,
+        SizeUnit::Kbytes => 1024,
+        SizeUnit::Mbytes => 1024 * 1024,
+    };
+    let burst = rate
+        .amount
+        .checked_mul(unit_bytes)
+        .map(|b| b / rate.unit.seconds());
+    let too_large = if rate.amount > NFT_MAX {
+        Some("more than nftables can count")
+    } else if burst.is_none_or(|b| b > NFT_MAX) {
+        Some("one second's worth exceeds 4 GiB")
+    } else {
+        None
+    };
+    if let Some(why) = too_large {
+        diags.push(
+            Diagnostic::error(
+                "E018",
+                r.span,
+                format!("byte rate `{}` is too large", r.value),
+            )
+            .label(why)
+            .help(format!("nftables holds the amount and the burst (one second's worth) in 32 bits: at most {NFT_MAX} and 4095 mbytes/second")),
+        );
+        return None;
     }
-    parsed
+    Some(rate)
 }
 
 fn nft_options(n: &super::parse::RawNftables, diags: &mut Vec<Diagnostic>) -> NftOptions {
