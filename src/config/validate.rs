@@ -1145,9 +1145,15 @@ fn pem_file(
         ),
     };
     if !ok {
-        let what = match kind {
-            PemKind::Certificate => "a PEM certificate",
-            PemKind::Key => "a PEM private key",
+        let (what, help) = match kind {
+            PemKind::Certificate => (
+                "a PEM certificate",
+                "`cert` takes a PEM file with `-----BEGIN CERTIFICATE-----` blocks (leaf first)",
+            ),
+            PemKind::Key => (
+                "a PEM private key",
+                "`key` takes a PEM file with a `-----BEGIN PRIVATE KEY-----` block (PKCS#8, RSA or EC)",
+            ),
         };
         diags.push(
             Diagnostic::error(
@@ -1156,7 +1162,7 @@ fn pem_file(
                 format!("`{}` is not {what}", full.display()),
             )
             .label(format!("expected {what}"))
-            .help("give a PEM file (`-----BEGIN ...-----`)"),
+            .help(help),
         );
         return None;
     }
