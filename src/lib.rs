@@ -107,8 +107,9 @@ fn check(
                     .count();
                 let disabled = cfg.routes.len() - kernel - user;
                 out.push_str(&format!(
-                    "ok: {} routes ({kernel} nftables, {user} userspace, {disabled} disabled), {warnings} warning{}\n",
+                    "ok: {} route{} ({kernel} nftables, {user} userspace, {disabled} disabled), {warnings} warning{}\n",
                     cfg.routes.len(),
+                    plural(cfg.routes.len()),
                     plural(warnings)
                 ));
             }
