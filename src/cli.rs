@@ -62,11 +62,92 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Show what apply would change in the live kernel (Terraform-style).
+    ///
+    /// Exits 0; with --detailed-exitcode: 0 no changes, 2 changes present, 1 error.
+    Plan {
+        /// Route files or directories of `*.toml` files (merged in name order).
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Save the plan (with fingerprints of inputs and live state) for `apply --plan`.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+        format: PlanFormat,
+        /// Exit 2 when there are changes, 0 when there are none.
+        #[arg(long)]
+        detailed_exitcode: bool,
+        /// Seconds to wait for another smartproxy's lock.
+        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+        lock_timeout: f64,
+    },
+    /// Make the kernel match the route files in one atomic transaction.
+    ///
+    /// On a terminal it shows the plan and asks for `yes`; otherwise it needs
+    /// --auto-approve. Only what changed is touched when the table exists.
+    Apply {
+        /// Route files or directories (or give --plan).
+        #[arg(
+            value_name = "PATH",
+            required_unless_present = "plan",
+            conflicts_with = "plan"
+        )]
+        paths: Vec<PathBuf>,
+        /// Apply a plan saved by `plan --out`; refused when the live state has changed since.
+        #[arg(long, value_name = "FILE")]
+        plan: Option<PathBuf>,
+        /// Apply without asking.
+        #[arg(long)]
+        auto_approve: bool,
+        /// Roll back unless `smartproxy confirm` comes within SECS (survives this process).
+        #[arg(long, value_name = "SECS")]
+        confirm_timeout: Option<u64>,
+        /// Seconds to wait for another smartproxy's lock.
+        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+        lock_timeout: f64,
+    },
+    /// Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending).
+    Confirm {
+        /// Only this table (default: every pending table of this network namespace).
+        #[arg(long)]
+        table: Option<String>,
+    },
+    /// Remove smartproxy's table (and nothing else).
+    Destroy {
+        /// Take the table name from these route files' settings.
+        #[arg(value_name = "PATH")]
+        path: Option<PathBuf>,
+        /// The table to remove (default: PATH's settings, else `smartproxy`).
+        #[arg(long)]
+        table: Option<String>,
+        /// Destroy without asking.
+        #[arg(long)]
+        auto_approve: bool,
+        /// Seconds to wait for another smartproxy's lock.
+        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+        lock_timeout: f64,
+    },
+    /// Internal: the detached confirm-timeout watchdog.
+    #[command(name = "__watchdog", hide = true)]
+    Watchdog {
+        #[arg(long)]
+        table: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        deadline_ms: u64,
+    },
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

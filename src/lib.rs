@@ -3,12 +3,18 @@
 //! Pipeline: `config` (parse + validate, with spans) -> `lower` (engine choice, resolved
 //! targets) -> `model` -> `render` (nft script via templates, nftables JSON).
 
+pub mod apply;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod diag;
+pub mod kernel;
 pub mod lower;
 pub mod model;
+pub mod plan;
+pub mod preflight;
 pub mod render;
+pub mod state;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
@@ -55,6 +61,52 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             format,
             output,
         } => compile(&paths, format, output.as_deref(), color),
+        Command::Plan {
+            paths,
+            out,
+            format,
+            detailed_exitcode,
+            lock_timeout,
+        } => commands::plan(
+            &paths,
+            out.as_deref(),
+            format,
+            detailed_exitcode,
+            lock_timeout,
+            color,
+        ),
+        Command::Apply {
+            paths,
+            plan,
+            auto_approve,
+            confirm_timeout,
+            lock_timeout,
+        } => commands::apply(&commands::ApplyArgs {
+            paths: &paths,
+            plan_file: plan.as_deref(),
+            auto_approve,
+            confirm_timeout,
+            lock_secs: lock_timeout,
+            color,
+        }),
+        Command::Confirm { table } => commands::confirm(table.as_deref()),
+        Command::Destroy {
+            path,
+            table,
+            auto_approve,
+            lock_timeout,
+        } => commands::destroy(
+            path.as_deref(),
+            table.as_deref(),
+            auto_approve,
+            lock_timeout,
+            color,
+        ),
+        Command::Watchdog {
+            table,
+            token,
+            deadline_ms,
+        } => commands::watchdog(&table, &token, deadline_ms),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             write_completions(shell, &mut out);

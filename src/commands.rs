@@ -1,0 +1,417 @@
+//! plan, apply, confirm, destroy and the confirm watchdog: the flows around the pure
+//! plan/apply code, with the lock, approval and state. Prints; returns exit codes.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::apply;
+use crate::cli::PlanFormat;
+use crate::config;
+use crate::diag;
+use crate::kernel::nft::NftKernel;
+use crate::kernel::Kernel;
+use crate::lower;
+use crate::plan::{self, Plan};
+use crate::preflight;
+use crate::render;
+use crate::state;
+use crate::{EXIT_ERROR, EXIT_OK};
+
+/// Exit code of `plan --detailed-exitcode` when there are changes.
+pub const EXIT_CHANGES: i32 = 2;
+
+fn err(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("error: {msg}");
+    EXIT_ERROR
+}
+
+fn lock_timeout(secs: f64) -> Duration {
+    Duration::from_secs_f64(secs.clamp(0.0, 86_400.0))
+}
+
+/// Route files -> (model, rendered script). Prints diagnostics; `Err` is the exit code.
+fn desired(paths: &[PathBuf], color: bool) -> Result<(crate::model::Model, String), i32> {
+    let loaded = config::load(paths);
+    let report = |diags: &[diag::Diagnostic]| {
+        let text = diag::render(
+            &loaded.sources,
+            diags,
+            diag::Format::Text,
+            color && std::io::stderr().is_terminal(),
+        );
+        let _ = std::io::stderr().write_all(text.as_bytes());
+    };
+    report(&loaded.diagnostics);
+    let cfg = loaded.config.as_ref().ok_or(EXIT_ERROR)?;
+    let model = lower::lower(cfg, &lower::SystemResolver).map_err(|d| {
+        report(&d);
+        EXIT_ERROR
+    })?;
+    let script = render::render_script(&model).map_err(err)?;
+    Ok((model, script))
+}
+
+/// Makes a plan for route files against the live kernel (the lock must be held).
+fn make_plan(
+    kernel: &dyn Kernel,
+    model: &crate::model::Model,
+    script: String,
+) -> Result<Plan, i32> {
+    let table = &model.table;
+    let listing = kernel.normalise(&script, table).map_err(|e| {
+        err(format!(
+            "nft refused the rendered ruleset (a bug: please report it): {e}"
+        ))
+    })?;
+    let live = kernel.list_table(table).map_err(err)?;
+    let applied = state::read(table, "applied");
+    let facts = preflight::Facts::gather(kernel, table);
+    let warnings = preflight::warnings(model, &facts);
+    Ok(plan::plan(
+        table,
+        script,
+        listing,
+        live,
+        applied.as_deref(),
+        warnings,
+    ))
+}
+
+pub fn plan(
+    paths: &[PathBuf],
+    out: Option<&Path>,
+    format: PlanFormat,
+    detailed: bool,
+    lock_secs: f64,
+    color: bool,
+) -> i32 {
+    let kernel = NftKernel::default();
+    let (model, script) = match desired(paths, color) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let _lock = match state::lock(&model.table, lock_timeout(lock_secs)) {
+        Ok(l) => l,
+        Err(e) => return err(e),
+    };
+    let p = match make_plan(&kernel, &model, script) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let text = match format {
+        PlanFormat::Text => p.render(color),
+        PlanFormat::Json => p.to_json(),
+    };
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    if let Some(path) = out {
+        let saved = serde_json::to_string_pretty(&p).unwrap_or_default();
+        if let Err(e) = std::fs::write(path, saved) {
+            return err(format!("cannot write `{}`: {e}", path.display()));
+        }
+        if format == PlanFormat::Text {
+            println!(
+                "\nSaved the plan to {}. Apply exactly it with `smartproxy apply --plan {}`.",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    if detailed && p.has_changes() {
+        EXIT_CHANGES
+    } else {
+        EXIT_OK
+    }
+}
+
+/// Asks for `yes` on a terminal; refuses without one unless auto-approved.
+fn approved(auto_approve: bool, what: &str) -> Result<(), i32> {
+    if auto_approve {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(err(format!("no terminal to ask for approval: nothing was {what}; pass --auto-approve to {what_now} without asking", what_now = if what == "destroyed" { "destroy" } else { "apply" })));
+    }
+    print!("\nDo you want to perform these actions?\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    if answer.trim() == "yes" {
+        Ok(())
+    } else {
+        Err(err(format!("not approved: nothing was {what}")))
+    }
+}
+
+/// For tests of the lock: pause between reading live state and committing.
+fn test_pause() {
+    if let Some(ms) = std::env::var("SMARTPROXY_TEST_PAUSE_BEFORE_COMMIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
+pub struct ApplyArgs<'a> {
+    pub paths: &'a [PathBuf],
+    pub plan_file: Option<&'a Path>,
+    pub auto_approve: bool,
+    pub confirm_timeout: Option<u64>,
+    pub lock_secs: f64,
+    pub color: bool,
+}
+
+pub fn apply(a: &ApplyArgs<'_>) -> i32 {
+    let kernel = NftKernel::default();
+    let (p, _lock) = if let Some(file) = a.plan_file {
+        let saved: Plan = match std::fs::read_to_string(file)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                return err(format!(
+                    "cannot read the saved plan `{}`: {e}",
+                    file.display()
+                ))
+            }
+        };
+        let lock = match state::lock(&saved.table, lock_timeout(a.lock_secs)) {
+            Ok(l) => l,
+            Err(e) => return err(e),
+        };
+        let live = match kernel.list_table(&saved.table) {
+            Ok(l) => l,
+            Err(e) => return err(e),
+        };
+        if plan::fingerprint(live.as_deref()) != saved.fingerprints.live {
+            return err(format!(
+                "the saved plan is stale: table inet {} changed since `plan --out` ({}); nothing was applied; make a new plan",
+                saved.table,
+                file.display()
+            ));
+        }
+        (saved, lock)
+    } else {
+        let (model, script) = match desired(a.paths, a.color) {
+            Ok(x) => x,
+            Err(code) => return code,
+        };
+        let lock = match state::lock(&model.table, lock_timeout(a.lock_secs)) {
+            Ok(l) => l,
+            Err(e) => return err(e),
+        };
+        match make_plan(&kernel, &model, script) {
+            Ok(p) => (p, lock),
+            Err(code) => return code,
+        }
+    };
+    let table = p.table.clone();
+    if state::read(&table, "pending").is_some() {
+        return err(format!(
+            "an earlier apply to table inet {table} awaits `smartproxy confirm` (or its rollback): confirm it first; nothing was applied"
+        ));
+    }
+    print!("{}", p.render(a.color));
+    if !p.has_changes() {
+        return EXIT_OK;
+    }
+    if let Err(code) = approved(a.auto_approve, "applied") {
+        return code;
+    }
+    test_pause();
+    let rollback = if a.confirm_timeout.is_some() {
+        match kernel.dump_table(&table) {
+            Ok(dump) => Some(apply::rollback_script(&table, dump.as_deref())),
+            Err(e) => return err(e),
+        }
+    } else {
+        None
+    };
+    let script = apply::transaction(&p);
+    if let Err(e) = kernel.run(&script) {
+        return err(format!(
+            "the kernel refused the transaction; nothing was changed:\n{e}"
+        ));
+    }
+    let previous_applied = state::read(&table, "applied");
+    if let Err(e) = state::write(&table, "applied", &p.desired_listing) {
+        eprintln!("warning: applied, but could not record it for drift detection: {e}");
+    }
+    let s = p.summary;
+    println!(
+        "\nApply complete! Routes: {} added, {} changed, {} destroyed.",
+        s.add, s.change, s.destroy
+    );
+    if let (Some(secs), Some(rollback)) = (a.confirm_timeout, rollback) {
+        return arm_watchdog(&table, secs, &rollback, previous_applied.as_deref());
+    }
+    EXIT_OK
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Records the rollback and starts the detached watchdog (`setsid`, its own session: it
+/// survives SIGKILL of this process and a hung-up terminal, and stays in this namespace).
+fn arm_watchdog(table: &str, secs: u64, rollback: &str, previous_applied: Option<&str>) -> i32 {
+    let deadline = now_ms() + secs * 1000;
+    let token = format!("{}-{}", std::process::id(), now_ms());
+    let saved = state::write(table, "rollback.nft", rollback)
+        .and_then(|()| state::write(table, "applied.prev", previous_applied.unwrap_or("")))
+        .and_then(|()| state::write(table, "pending", &format!("{token}\n{deadline}\n")));
+    if let Err(e) = saved {
+        let _ = NftKernel::default().run(rollback);
+        return err(format!(
+            "cannot record the pending confirm, rolled back: {e}"
+        ));
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("smartproxy"));
+    let spawned = std::process::Command::new("setsid")
+        .arg(exe)
+        .args([
+            "__watchdog",
+            "--table",
+            table,
+            "--token",
+            &token,
+            "--deadline-ms",
+            &deadline.to_string(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Err(e) = spawned {
+        let _ = NftKernel::default().run(rollback);
+        state::remove(table, "pending");
+        return err(format!(
+            "cannot start the rollback watchdog, rolled back: {e}"
+        ));
+    }
+    println!("Run `smartproxy confirm` within {secs} s to keep it; otherwise the previous ruleset comes back.");
+    EXIT_OK
+}
+
+/// The detached watchdog: waits for the deadline, then rolls back unless confirmed.
+pub fn watchdog(table: &str, token: &str, deadline_ms: u64) -> i32 {
+    let pending_is_ours =
+        || state::read(table, "pending").is_some_and(|p| p.lines().next() == Some(token));
+    while now_ms() < deadline_ms {
+        if !pending_is_ours() {
+            return EXIT_OK;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let Ok(_lock) = state::lock(table, Duration::from_secs(30)) else {
+        return EXIT_ERROR;
+    };
+    if !pending_is_ours() {
+        return EXIT_OK;
+    }
+    let Some(rollback) = state::read(table, "rollback.nft") else {
+        return EXIT_ERROR;
+    };
+    let kernel = NftKernel::default();
+    if kernel.run(&rollback).is_err() {
+        return EXIT_ERROR;
+    }
+    match state::read(table, "applied.prev").filter(|s| !s.is_empty()) {
+        Some(prev) => {
+            let _ = state::write(table, "applied", &prev);
+        }
+        None => state::remove(table, "applied"),
+    }
+    state::remove(table, "pending");
+    let _ = state::write(
+        table,
+        "rolledback",
+        &format!("rolled back at {} ms: not confirmed in time\n", now_ms()),
+    );
+    EXIT_OK
+}
+
+pub fn confirm(table: Option<&str>) -> i32 {
+    let pending: Vec<String> = state::pending_tables()
+        .into_iter()
+        .filter(|t| table.is_none_or(|x| x == t))
+        .collect();
+    if pending.is_empty() {
+        return err("nothing to confirm: no apply awaits confirmation in this network namespace");
+    }
+    for t in &pending {
+        let _lock = match state::lock(t, Duration::from_secs(10)) {
+            Ok(l) => l,
+            Err(e) => return err(e),
+        };
+        if state::read(t, "pending").is_none() {
+            return err(format!("too late: table inet {t} was already rolled back"));
+        }
+        state::remove(t, "pending");
+        println!("Confirmed: table inet {t} keeps the applied ruleset.");
+    }
+    EXIT_OK
+}
+
+pub fn destroy(
+    path: Option<&Path>,
+    table: Option<&str>,
+    auto_approve: bool,
+    lock_secs: f64,
+    color: bool,
+) -> i32 {
+    let table = match (table, path) {
+        (Some(t), _) => t.to_owned(),
+        (None, Some(p)) => {
+            let loaded = config::load(&[p.to_path_buf()]);
+            match &loaded.config {
+                Some(cfg) => cfg.settings.table.clone(),
+                None => {
+                    let text = diag::render(
+                        &loaded.sources,
+                        &loaded.diagnostics,
+                        diag::Format::Text,
+                        color && std::io::stderr().is_terminal(),
+                    );
+                    let _ = std::io::stderr().write_all(text.as_bytes());
+                    return EXIT_ERROR;
+                }
+            }
+        }
+        (None, None) => "smartproxy".to_owned(),
+    };
+    let kernel = NftKernel::default();
+    let _lock = match state::lock(&table, lock_timeout(lock_secs)) {
+        Ok(l) => l,
+        Err(e) => return err(e),
+    };
+    let live = match kernel.list_table(&table) {
+        Ok(l) => l,
+        Err(e) => return err(e),
+    };
+    let Some(live) = live else {
+        println!("Nothing to destroy: table inet {table} does not exist.");
+        return EXIT_OK;
+    };
+    let routes = crate::kernel::live::parse(&live).routes.len();
+    println!(
+        "smartproxy will destroy table inet {table} ({routes} route{}):\n",
+        if routes == 1 { "" } else { "s" }
+    );
+    let minus = if color { "\x1b[31m-\x1b[0m" } else { "-" };
+    println!("  {minus} table inet {table}\n\nPlan: 0 to add, 0 to change, {routes} to destroy.");
+    if let Err(code) = approved(auto_approve, "destroyed") {
+        return code;
+    }
+    if let Err(e) = kernel.run(&format!("delete table inet {table}\n")) {
+        return err(format!("the kernel refused; nothing was changed:\n{e}"));
+    }
+    state::remove(&table, "applied");
+    state::remove(&table, "pending");
+    println!("\nDestroy complete! Table inet {table} removed.");
+    EXIT_OK
+}

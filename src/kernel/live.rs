@@ -1,0 +1,391 @@
+//! A listed table (`nft -s list table inet NAME`, after the kernel's normalisation) split
+//! into the units plan and apply work with: table-level text, and per route its objects
+//! (counter, sets, chains) and the map elements it owns.
+//!
+//! Ownership follows the names the renderer gives: `c_<r>`, `(allow|block|conn|rate)(4|6)_<r>`,
+//! `n4_<r>`, `n6_<r>`, `t4_<r>_<i>`, `t6_<r>_<i>`, `f_<r>`, `x_<r>`; a map element belongs to
+//! the route its verdict jumps to, or (for the mark-keyed maps) whose mark it carries.
+
+use std::collections::BTreeMap;
+
+/// One top-level object of the table, as listed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Object {
+    /// `counter`, `set`, `map` or `chain`.
+    pub kind: String,
+    pub name: String,
+    /// The listed block, without the elements of a map and without the contents of dynamic
+    /// sets (those are state, not configuration).
+    pub text: String,
+    /// Elements of a map (`key : verdict`), in listed order.
+    pub elements: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteUnit {
+    /// Objects keyed by (kind, name).
+    pub objects: BTreeMap<(String, String), Object>,
+    /// (map name, element) pairs.
+    pub elements: Vec<(String, String)>,
+    /// The route's mark, when it has a `route_filter` element.
+    pub mark: Option<String>,
+}
+
+impl RouteUnit {
+    /// The unit as lines of nft-like text, for diffs and fingerprints.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for o in self.objects.values() {
+            out.push_str(&o.text);
+            out.push('\n');
+        }
+        let mut elements = self.elements.clone();
+        elements.sort();
+        for (map, e) in elements {
+            out.push_str(&format!("element {map} {{ {e} }}\n"));
+        }
+        out
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Everything not owned by a route: table comment, base chains, shared chains, map
+    /// declarations.
+    pub table: Vec<Object>,
+    pub table_comment: Option<String>,
+    pub routes: BTreeMap<String, RouteUnit>,
+}
+
+impl Listing {
+    pub fn table_text(&self) -> String {
+        let mut out = String::new();
+        if let Some(c) = &self.table_comment {
+            out.push_str(&format!("comment \"{c}\"\n"));
+        }
+        for o in &self.table {
+            out.push_str(&o.text);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The route that owns an object name, if any.
+pub fn owner(kind: &str, name: &str) -> Option<String> {
+    let strip_index = |rest: &str| -> Option<String> {
+        let (route, index) = rest.rsplit_once('_')?;
+        index
+            .chars()
+            .all(|c| c.is_ascii_digit())
+            .then(|| route.to_owned())
+    };
+    match kind {
+        "counter" => name.strip_prefix("c_").map(str::to_owned),
+        "set" => [
+            "allow4_", "allow6_", "block4_", "block6_", "conn4_", "conn6_", "rate4_", "rate6_",
+        ]
+        .iter()
+        .find_map(|p| name.strip_prefix(p))
+        .map(str::to_owned),
+        "chain" => {
+            if let Some(r) = name
+                .strip_prefix("n4_")
+                .or_else(|| name.strip_prefix("n6_"))
+            {
+                Some(r.to_owned())
+            } else if let Some(r) = name
+                .strip_prefix("t4_")
+                .or_else(|| name.strip_prefix("t6_"))
+            {
+                strip_index(r)
+            } else {
+                name.strip_prefix("f_")
+                    .or_else(|| name.strip_prefix("x_"))
+                    .map(str::to_owned)
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Splits `elements = { a, b,\n c }` text (already joined) into elements.
+fn split_elements(body: &str) -> Vec<String> {
+    body.split(',')
+        .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|e| !e.is_empty())
+        .collect()
+}
+
+/// Parses the listing of one table. Unknown top-level lines are kept as table-level text,
+/// so nothing added by hand goes unseen.
+pub fn parse(listing: &str) -> Listing {
+    let mut objects: Vec<Object> = Vec::new();
+    let mut table_comment = None;
+    let mut loose = Vec::new();
+    let mut lines = listing.lines();
+    for line in lines.by_ref() {
+        if line.starts_with("table ") {
+            break;
+        }
+    }
+    let mut current: Option<(String, String, Vec<String>)> = None;
+    for line in lines {
+        if let Some((kind, name, body)) = current.as_mut() {
+            if line == "\t}" {
+                let (text, elements) = finish_object(kind, name, body);
+                objects.push(Object {
+                    kind: kind.clone(),
+                    name: name.clone(),
+                    text,
+                    elements,
+                });
+                current = None;
+            } else {
+                body.push(line.trim().to_owned());
+            }
+            continue;
+        }
+        let t = line.trim();
+        if t.is_empty() || t == "}" {
+            continue;
+        }
+        if let Some(c) = t
+            .strip_prefix("comment \"")
+            .and_then(|c| c.strip_suffix('"'))
+        {
+            table_comment = Some(c.to_owned());
+            continue;
+        }
+        let mut words = t.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (
+                Some(
+                    kind @ ("counter" | "set" | "map" | "chain" | "limit" | "quota" | "ct"
+                    | "flowtable"),
+                ),
+                Some(name),
+                Some("{"),
+            ) => {
+                current = Some((kind.to_owned(), name.to_owned(), Vec::new()));
+            }
+            _ => loose.push(t.to_owned()),
+        }
+    }
+    let mut listing = Listing {
+        table_comment,
+        ..Listing::default()
+    };
+    // Marks -> routes, from the route_filter map.
+    let mut mark_owner = BTreeMap::new();
+    for o in objects
+        .iter()
+        .filter(|o| o.kind == "map" && o.name == "route_filter")
+    {
+        for e in &o.elements {
+            if let Some((mark, verdict)) = e.split_once(" : ") {
+                if let Some(route) = verdict.strip_prefix("jump f_") {
+                    mark_owner.insert(mark.to_owned(), route.to_owned());
+                }
+            }
+        }
+    }
+    for o in objects {
+        if o.kind == "map" {
+            let mut decl = o.clone();
+            decl.elements = Vec::new();
+            for e in &o.elements {
+                let owner = e.split_once(" : ").and_then(|(key, verdict)| {
+                    let target = verdict
+                        .strip_prefix("jump ")
+                        .or_else(|| verdict.strip_prefix("goto "))?;
+                    owner("chain", target).or_else(|| mark_owner.get(key).cloned())
+                });
+                match owner {
+                    Some(route) => {
+                        let unit = listing.routes.entry(route).or_default();
+                        if o.name == "route_filter" {
+                            unit.mark = e.split_once(" : ").map(|(k, _)| k.to_owned());
+                        }
+                        unit.elements.push((o.name.clone(), e.clone()));
+                    }
+                    None => decl.elements.push(e.clone()),
+                }
+            }
+            if !decl.elements.is_empty() {
+                decl.text = format!(
+                    "{}\nunowned elements: {}",
+                    decl.text,
+                    decl.elements.join(", ")
+                );
+            }
+            listing.table.push(decl);
+            continue;
+        }
+        match owner(&o.kind, &o.name) {
+            Some(route) => {
+                listing
+                    .routes
+                    .entry(route)
+                    .or_default()
+                    .objects
+                    .insert((o.kind.clone(), o.name.clone()), o);
+            }
+            None => listing.table.push(o),
+        }
+    }
+    if !loose.is_empty() {
+        listing.table.push(Object {
+            kind: "loose".into(),
+            name: String::new(),
+            text: loose.join("\n"),
+            elements: Vec::new(),
+        });
+    }
+    listing.table.sort();
+    listing
+}
+
+/// Normalised text of one object and, for maps, its elements. Map elements and dynamic
+/// set contents are taken out of the text.
+fn finish_object(kind: &str, name: &str, body: &[String]) -> (String, Vec<String>) {
+    let dynamic = body
+        .iter()
+        .any(|l| l.starts_with("flags ") && l.contains("dynamic"));
+    let mut text_lines = Vec::new();
+    let mut elements = Vec::new();
+    let mut in_elements = false;
+    let mut element_text = String::new();
+    for line in body {
+        if let Some(rest) = line.strip_prefix("elements = { ") {
+            in_elements = true;
+            element_text.push_str(rest);
+        } else if in_elements {
+            element_text.push(' ');
+            element_text.push_str(line);
+        } else {
+            text_lines.push(line.clone());
+            continue;
+        }
+        if element_text.ends_with('}') {
+            in_elements = false;
+            let inner = element_text.trim_end_matches('}').trim_end().to_owned();
+            if kind == "map" {
+                elements = split_elements(&inner);
+            } else if !dynamic {
+                text_lines.push(format!(
+                    "elements = {{ {} }}",
+                    split_elements(&inner).join(", ")
+                ));
+            }
+            element_text.clear();
+        }
+    }
+    let text = format!(
+        "{kind} {name} {{\n{}\n}}",
+        text_lines
+            .iter()
+            .map(|l| format!("\t{l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    (text, elements)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LISTING: &str = "table inet smartproxy {
+\tcomment \"managed by smartproxy\"
+\tcounter c_web {
+\t\tcomment \"web\"
+\t}
+
+\tset conn4_web {
+\t\ttype ipv4_addr
+\t\tsize 65535
+\t\tflags dynamic
+\t\telements = { 192.0.2.2 ct count over 3 }
+\t}
+
+\tset block4_web {
+\t\ttype ipv4_addr
+\t\tflags interval
+\t\telements = { 192.0.2.66,
+\t\t\t     192.0.2.128/25 }
+\t}
+
+\tmap dnat4 {
+\t\ttype inet_proto . inet_service : verdict
+\t\tflags interval
+\t\telements = { tcp . 80 : jump n4_web,
+\t\t\t     tcp . 8000-8010 : jump n4_web_2, tcp . 443 : jump n4_api }
+\t}
+
+\tmap route_filter {
+\t\ttype mark : verdict
+\t\telements = { 0x00380000 : jump f_web }
+\t}
+
+\tmap route_snat {
+\t\ttype mark : verdict
+\t\telements = { 0x00380000 : jump masq }
+\t}
+
+\tchain n4_web {
+\t\tct mark set ct mark & 0xff38ffff | 0x00380000
+\t\tnumgen random mod 3 vmap { 0 : jump t4_web_0, 1-2 : jump t4_web_1 }
+\t}
+
+\tchain t4_web_0 {
+\t\tmeta l4proto tcp dnat ip to 198.51.100.2:9090
+\t}
+
+\tchain masq {
+\t\tmasquerade
+\t}
+}
+";
+
+    #[test]
+    fn objects_and_elements_go_to_their_route() {
+        let l = parse(LISTING);
+        assert_eq!(l.table_comment.as_deref(), Some("managed by smartproxy"));
+        let web = &l.routes["web"];
+        let names: Vec<&str> = web.objects.keys().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["n4_web", "t4_web_0", "c_web", "block4_web", "conn4_web"]
+        );
+        assert_eq!(web.mark.as_deref(), Some("0x00380000"));
+        assert!(web
+            .elements
+            .contains(&("route_snat".into(), "0x00380000 : jump masq".into())));
+        assert!(web
+            .elements
+            .contains(&("dnat4".into(), "tcp . 80 : jump n4_web".into())));
+        assert!(l.routes["web_2"]
+            .elements
+            .contains(&("dnat4".into(), "tcp . 8000-8010 : jump n4_web_2".into())));
+        assert!(l.routes.contains_key("api"));
+        // Dynamic set contents are state, not configuration.
+        assert!(!web.text().contains("ct count over 3"));
+        assert!(web
+            .text()
+            .contains("elements = { 192.0.2.66, 192.0.2.128/25 }"));
+        assert!(l.table.iter().any(|o| o.name == "masq"));
+    }
+
+    #[test]
+    fn owner_strips_prefixes_and_target_indexes() {
+        assert_eq!(
+            owner("chain", "t4_my_route_12").as_deref(),
+            Some("my_route")
+        );
+        assert_eq!(owner("chain", "f_ip").as_deref(), Some("ip"));
+        assert_eq!(owner("chain", "filter_forward"), None);
+        assert_eq!(owner("set", "rate6_x-y").as_deref(), Some("x-y"));
+        assert_eq!(owner("counter", "c_web").as_deref(), Some("web"));
+    }
+}

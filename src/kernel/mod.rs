@@ -1,0 +1,39 @@
+//! The kernel seam: the only code that runs `nft`. Plan and apply talk to a [`Kernel`];
+//! [`nft::NftKernel`] is the real one, [`fake::FakeKernel`] an in-memory one for tests.
+//!
+//! Only our own table is ever read (`list table inet NAME`), never the whole ruleset.
+
+pub mod fake;
+pub mod live;
+pub mod nft;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("`{cmd}` failed ({status}): {stderr}")]
+    Command {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("cannot run `{cmd}`: {source}")]
+    Spawn {
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What plan and apply need from the kernel.
+pub trait Kernel {
+    /// `nft -s list table inet NAME`: the table without counter values, `None` if absent.
+    fn list_table(&self, table: &str) -> Result<Option<String>, KernelError>;
+    /// `nft list table inet NAME` with counter values (for rollback), `None` if absent.
+    fn dump_table(&self, table: &str) -> Result<Option<String>, KernelError>;
+    /// Runs a script as one transaction: all of it or nothing.
+    fn run(&self, script: &str) -> Result<(), KernelError>;
+    /// The table as the kernel would list it after loading `script` on an empty ruleset
+    /// (nft's normalisation: merged ranges, reordered elements, canonical syntax).
+    fn normalise(&self, script: &str, table: &str) -> Result<String, KernelError>;
+    /// Base chains of every table (`nft -j list chains`), for preflight checks.
+    fn list_chains_json(&self) -> Result<String, KernelError>;
+}
