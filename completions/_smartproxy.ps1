@@ -28,6 +28,11 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('check', 'check', [CompletionResultType]::ParameterValue, 'Parse and validate route files; report every problem with file:line:col')
             [CompletionResult]::new('compile', 'compile', [CompletionResultType]::ParameterValue, 'Print the nftables ruleset for the route files (`nft -f` ready)')
+            [CompletionResult]::new('plan', 'plan', [CompletionResultType]::ParameterValue, 'Show what apply would change in the live kernel (Terraform-style)')
+            [CompletionResult]::new('apply', 'apply', [CompletionResultType]::ParameterValue, 'Make the kernel match the route files in one atomic transaction')
+            [CompletionResult]::new('confirm', 'confirm', [CompletionResultType]::ParameterValue, 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)')
+            [CompletionResult]::new('destroy', 'destroy', [CompletionResultType]::ParameterValue, 'Remove smartproxy''s table (and nothing else)')
+            [CompletionResult]::new('__watchdog', '__watchdog', [CompletionResultType]::ParameterValue, 'Internal: the detached confirm-timeout watchdog')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print shell completions')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -50,6 +55,51 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
         }
+        'smartproxy;plan' {
+            [CompletionResult]::new('--out', '--out', [CompletionResultType]::ParameterName, 'Save the plan (with fingerprints of inputs and live state) for `apply --plan`')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'format')
+            [CompletionResult]::new('--lock-timeout', '--lock-timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for another smartproxy''s lock')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto = on a terminal and NO_COLOR unset')
+            [CompletionResult]::new('--detailed-exitcode', '--detailed-exitcode', [CompletionResultType]::ParameterName, 'Exit 2 when there are changes, 0 when there are none')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            break
+        }
+        'smartproxy;apply' {
+            [CompletionResult]::new('--plan', '--plan', [CompletionResultType]::ParameterName, 'Apply a plan saved by `plan --out`; refused when the live state has changed since')
+            [CompletionResult]::new('--confirm-timeout', '--confirm-timeout', [CompletionResultType]::ParameterName, 'Roll back unless `smartproxy confirm` comes within SECS (survives this process)')
+            [CompletionResult]::new('--lock-timeout', '--lock-timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for another smartproxy''s lock')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto = on a terminal and NO_COLOR unset')
+            [CompletionResult]::new('--auto-approve', '--auto-approve', [CompletionResultType]::ParameterName, 'Apply without asking')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            break
+        }
+        'smartproxy;confirm' {
+            [CompletionResult]::new('--table', '--table', [CompletionResultType]::ParameterName, 'Only this table (default: every pending table of this network namespace)')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto = on a terminal and NO_COLOR unset')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'smartproxy;destroy' {
+            [CompletionResult]::new('--table', '--table', [CompletionResultType]::ParameterName, 'The table to remove (default: PATH''s settings, else `smartproxy`)')
+            [CompletionResult]::new('--lock-timeout', '--lock-timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for another smartproxy''s lock')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto = on a terminal and NO_COLOR unset')
+            [CompletionResult]::new('--auto-approve', '--auto-approve', [CompletionResultType]::ParameterName, 'Destroy without asking')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'smartproxy;__watchdog' {
+            [CompletionResult]::new('--table', '--table', [CompletionResultType]::ParameterName, 'table')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'token')
+            [CompletionResult]::new('--deadline-ms', '--deadline-ms', [CompletionResultType]::ParameterName, 'deadline-ms')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto = on a terminal and NO_COLOR unset')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
         'smartproxy;completions' {
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto = on a terminal and NO_COLOR unset')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -59,6 +109,11 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
         'smartproxy;help' {
             [CompletionResult]::new('check', 'check', [CompletionResultType]::ParameterValue, 'Parse and validate route files; report every problem with file:line:col')
             [CompletionResult]::new('compile', 'compile', [CompletionResultType]::ParameterValue, 'Print the nftables ruleset for the route files (`nft -f` ready)')
+            [CompletionResult]::new('plan', 'plan', [CompletionResultType]::ParameterValue, 'Show what apply would change in the live kernel (Terraform-style)')
+            [CompletionResult]::new('apply', 'apply', [CompletionResultType]::ParameterValue, 'Make the kernel match the route files in one atomic transaction')
+            [CompletionResult]::new('confirm', 'confirm', [CompletionResultType]::ParameterValue, 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)')
+            [CompletionResult]::new('destroy', 'destroy', [CompletionResultType]::ParameterValue, 'Remove smartproxy''s table (and nothing else)')
+            [CompletionResult]::new('__watchdog', '__watchdog', [CompletionResultType]::ParameterValue, 'Internal: the detached confirm-timeout watchdog')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print shell completions')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -67,6 +122,21 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             break
         }
         'smartproxy;help;compile' {
+            break
+        }
+        'smartproxy;help;plan' {
+            break
+        }
+        'smartproxy;help;apply' {
+            break
+        }
+        'smartproxy;help;confirm' {
+            break
+        }
+        'smartproxy;help;destroy' {
+            break
+        }
+        'smartproxy;help;__watchdog' {
             break
         }
         'smartproxy;help;completions' {

@@ -25,6 +25,11 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --version 'Print version'
             cand check 'Parse and validate route files; report every problem with file:line:col'
             cand compile 'Print the nftables ruleset for the route files (`nft -f` ready)'
+            cand plan 'Show what apply would change in the live kernel (Terraform-style)'
+            cand apply 'Make the kernel match the route files in one atomic transaction'
+            cand confirm 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)'
+            cand destroy 'Remove smartproxy''s table (and nothing else)'
+            cand __watchdog 'Internal: the detached confirm-timeout watchdog'
             cand completions 'Print shell completions'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -44,6 +49,46 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand -h 'Print help'
             cand --help 'Print help'
         }
+        &'smartproxy;plan'= {
+            cand --out 'Save the plan (with fingerprints of inputs and live state) for `apply --plan`'
+            cand --format 'format'
+            cand --lock-timeout 'Seconds to wait for another smartproxy''s lock'
+            cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --detailed-exitcode 'Exit 2 when there are changes, 0 when there are none'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+        }
+        &'smartproxy;apply'= {
+            cand --plan 'Apply a plan saved by `plan --out`; refused when the live state has changed since'
+            cand --confirm-timeout 'Roll back unless `smartproxy confirm` comes within SECS (survives this process)'
+            cand --lock-timeout 'Seconds to wait for another smartproxy''s lock'
+            cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --auto-approve 'Apply without asking'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+        }
+        &'smartproxy;confirm'= {
+            cand --table 'Only this table (default: every pending table of this network namespace)'
+            cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'smartproxy;destroy'= {
+            cand --table 'The table to remove (default: PATH''s settings, else `smartproxy`)'
+            cand --lock-timeout 'Seconds to wait for another smartproxy''s lock'
+            cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --auto-approve 'Destroy without asking'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'smartproxy;__watchdog'= {
+            cand --table 'table'
+            cand --token 'token'
+            cand --deadline-ms 'deadline-ms'
+            cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
         &'smartproxy;completions'= {
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand -h 'Print help'
@@ -52,12 +97,27 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
         &'smartproxy;help'= {
             cand check 'Parse and validate route files; report every problem with file:line:col'
             cand compile 'Print the nftables ruleset for the route files (`nft -f` ready)'
+            cand plan 'Show what apply would change in the live kernel (Terraform-style)'
+            cand apply 'Make the kernel match the route files in one atomic transaction'
+            cand confirm 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)'
+            cand destroy 'Remove smartproxy''s table (and nothing else)'
+            cand __watchdog 'Internal: the detached confirm-timeout watchdog'
             cand completions 'Print shell completions'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'smartproxy;help;check'= {
         }
         &'smartproxy;help;compile'= {
+        }
+        &'smartproxy;help;plan'= {
+        }
+        &'smartproxy;help;apply'= {
+        }
+        &'smartproxy;help;confirm'= {
+        }
+        &'smartproxy;help;destroy'= {
+        }
+        &'smartproxy;help;__watchdog'= {
         }
         &'smartproxy;help;completions'= {
         }
