@@ -221,21 +221,31 @@ pub fn apply(a: &ApplyArgs<'_>) -> i32 {
         return code;
     }
     test_pause();
-    let rollback = if a.confirm_timeout.is_some() {
-        match kernel.dump_table(&table) {
-            Ok(dump) => Some(apply::rollback_script(&table, dump.as_deref())),
-            Err(e) => return err(e),
-        }
-    } else {
-        None
-    };
     let script = apply::transaction(&p);
+    let previous_applied = state::read(&table, "applied");
+    // With a confirm timeout the watchdog is armed before the commit: whenever this
+    // process dies after the commit, the rollback is already on its way.
+    let token = match a.confirm_timeout {
+        Some(secs) => {
+            let rollback = match kernel.dump_table(&table) {
+                Ok(dump) => apply::rollback_script(&table, dump.as_deref()),
+                Err(e) => return err(e),
+            };
+            match arm_watchdog(&table, secs, &rollback, previous_applied.as_deref()) {
+                Ok(token) => Some(token),
+                Err(code) => return code,
+            }
+        }
+        None => None,
+    };
     if let Err(e) = kernel.run(&script) {
+        if token.is_some() {
+            disarm_watchdog(&table);
+        }
         return err(format!(
             "the kernel refused the transaction; nothing was changed:\n{e}"
         ));
     }
-    let previous_applied = state::read(&table, "applied");
     if let Err(e) = state::write(&table, "applied", &p.desired_listing) {
         eprintln!("warning: applied, but could not record it for drift detection: {e}");
     }
@@ -244,8 +254,12 @@ pub fn apply(a: &ApplyArgs<'_>) -> i32 {
         "\nApply complete! Routes: {} added, {} changed, {} destroyed.",
         s.add, s.change, s.destroy
     );
-    if let (Some(secs), Some(rollback)) = (a.confirm_timeout, rollback) {
-        return arm_watchdog(&table, secs, &rollback, previous_applied.as_deref());
+    if let (Some(secs), Some(token)) = (a.confirm_timeout, token) {
+        // The confirm window starts now, after the commit.
+        if let Err(e) = state::write(&table, "pending", &pending_record(&token, secs)) {
+            eprintln!("warning: could not restart the confirm window: {e}");
+        }
+        println!("Run `smartproxy confirm` within {secs} s to keep it; otherwise the previous ruleset comes back.");
     }
     EXIT_OK
 }
@@ -256,20 +270,43 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// `pending`: the watchdog's token and the deadline (ms since the epoch).
+fn pending_record(token: &str, secs: u64) -> String {
+    format!(
+        "{token}\n{}\n",
+        now_ms().saturating_add(secs.saturating_mul(1000))
+    )
+}
+
+/// The deadline of the pending confirm if `token` still owns it (`None`: confirmed,
+/// superseded or rolled back). A record without a readable deadline is due now.
+fn pending_deadline(table: &str, token: &str) -> Option<u64> {
+    let record = state::read(table, "pending")?;
+    let mut lines = record.lines();
+    (lines.next() == Some(token)).then(|| lines.next().and_then(|d| d.parse().ok()).unwrap_or(0))
+}
+
 /// Records the rollback and starts the detached watchdog (`setsid`, its own session: it
 /// survives SIGKILL of this process and a hung-up terminal, and stays in this namespace).
-fn arm_watchdog(table: &str, secs: u64, rollback: &str, previous_applied: Option<&str>) -> i32 {
-    let deadline = now_ms() + secs * 1000;
+/// Called before the commit, so nothing needs undoing when it fails.
+fn arm_watchdog(
+    table: &str,
+    secs: u64,
+    rollback: &str,
+    previous_applied: Option<&str>,
+) -> Result<String, i32> {
     let token = format!("{}-{}", std::process::id(), now_ms());
+    let record = pending_record(&token, secs);
     let saved = state::write(table, "rollback.nft", rollback)
         .and_then(|()| state::write(table, "applied.prev", previous_applied.unwrap_or("")))
-        .and_then(|()| state::write(table, "pending", &format!("{token}\n{deadline}\n")));
+        .and_then(|()| state::write(table, "pending", &record));
     if let Err(e) = saved {
-        let _ = NftKernel::default().run(rollback);
-        return err(format!(
-            "cannot record the pending confirm, rolled back: {e}"
-        ));
+        disarm_watchdog(table);
+        return Err(err(format!(
+            "cannot record the pending confirm: {e}; nothing was applied"
+        )));
     }
+    let deadline = record.lines().nth(1).unwrap_or("0").to_owned();
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("smartproxy"));
     let spawned = std::process::Command::new("setsid")
         .arg(exe)
@@ -280,39 +317,54 @@ fn arm_watchdog(table: &str, secs: u64, rollback: &str, previous_applied: Option
             "--token",
             &token,
             "--deadline-ms",
-            &deadline.to_string(),
+            &deadline,
         ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn();
     if let Err(e) = spawned {
-        let _ = NftKernel::default().run(rollback);
-        state::remove(table, "pending");
-        return err(format!(
-            "cannot start the rollback watchdog, rolled back: {e}"
-        ));
+        disarm_watchdog(table);
+        return Err(err(format!(
+            "cannot start the rollback watchdog: {e}; nothing was applied"
+        )));
     }
-    println!("Run `smartproxy confirm` within {secs} s to keep it; otherwise the previous ruleset comes back.");
-    EXIT_OK
+    Ok(token)
 }
 
-/// The detached watchdog: waits for the deadline, then rolls back unless confirmed.
+/// Withdraws a pending confirm whose transaction never committed.
+fn disarm_watchdog(table: &str) {
+    state::remove(table, "pending");
+    state::remove(table, "rollback.nft");
+    state::remove(table, "applied.prev");
+}
+
+/// The detached watchdog: waits for the deadline (re-read from `pending`, which apply
+/// moves to the end of the commit), then rolls back unless confirmed. `deadline_ms` is the
+/// deadline it was started with, used while `pending` has none.
 pub fn watchdog(table: &str, token: &str, deadline_ms: u64) -> i32 {
-    let pending_is_ours =
-        || state::read(table, "pending").is_some_and(|p| p.lines().next() == Some(token));
-    while now_ms() < deadline_ms {
-        if !pending_is_ours() {
+    let due = || pending_deadline(table, token).map(|d| if d == 0 { deadline_ms } else { d });
+    loop {
+        let Some(deadline) = due() else {
             return EXIT_OK;
+        };
+        if now_ms() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        let Ok(_lock) = state::lock(table, Duration::from_secs(30)) else {
+            return EXIT_ERROR;
+        };
+        match due() {
+            None => return EXIT_OK,
+            // Apply moved the deadline while we waited for its lock.
+            Some(d) if now_ms() < d => continue,
+            Some(_) => return roll_back(table),
+        }
     }
-    let Ok(_lock) = state::lock(table, Duration::from_secs(30)) else {
-        return EXIT_ERROR;
-    };
-    if !pending_is_ours() {
-        return EXIT_OK;
-    }
+}
+
+fn roll_back(table: &str) -> i32 {
     let Some(rollback) = state::read(table, "rollback.nft") else {
         return EXIT_ERROR;
     };

@@ -255,6 +255,13 @@ fn route_1_and_route_10000_pass_the_same_number_of_rules() {
     let first = &per[&trace_of_port(&lines, 10_001).expect("route 1 traced")];
     let last = &per[&trace_of_port(&lines, 20_000).expect("route 10000 traced")];
     assert!(!first.is_empty(), "{}", lines.join("\n"));
+    eprintln!(
+        "rules passed in table inet smartproxy: route 1: {}, route 10000: {}\n{}\n--\n{}",
+        first.len(),
+        last.len(),
+        first.join("\n"),
+        last.join("\n")
+    );
     assert_eq!(
         first.len(),
         last.len(),
@@ -581,6 +588,18 @@ fn a_refused_transaction_changes_nothing_and_foreign_tables_stay_identical() {
         &[("SMARTPROXY_NFT", s(&bad))],
     );
     assert_eq!(code(&o), 1, "{}", show(&o));
+    assert_eq!(ruleset(&t), before);
+    // ... and with a confirm timeout: no confirm is left pending, no rollback follows.
+    let o = sp(
+        &t,
+        &["apply", "--auto-approve", "--confirm-timeout", "1", s(&f2)],
+        &[("SMARTPROXY_NFT", s(&bad))],
+    );
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    assert_eq!(ruleset(&t), before);
+    let o = sp(&t, &["confirm"], &[]);
+    assert_eq!(code(&o), 1, "nothing pending:\n{}", show(&o));
+    std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(ruleset(&t), before);
     let o = sp(&t, &["plan", "--detailed-exitcode", s(&f1)], &[]);
     assert_eq!(code(&o), 0, "still the first state:\n{}", show(&o));
