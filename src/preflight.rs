@@ -22,6 +22,8 @@ pub struct Facts {
     pub listening: Vec<(L4, u16, String)>,
     /// Server port of the SSH connection this command runs over.
     pub ssh_port: Option<u16>,
+    /// Server address of that connection (a route limited to other addresses spares it).
+    pub ssh_addr: Option<IpAddr>,
 }
 
 fn read_flag(path: &str) -> Option<bool> {
@@ -76,6 +78,9 @@ fn proc_addr(hex: &str) -> String {
     }
 }
 
+/// The hooks smartproxy's table uses.
+const HOOKS: [&str; 5] = ["prerouting", "input", "forward", "output", "postrouting"];
+
 fn drop_chains(kernel: &dyn Kernel, ours: &str) -> Vec<(String, String, String, String)> {
     let Ok(text) = kernel.list_chains_json() else {
         return Vec::new();
@@ -95,6 +100,7 @@ fn drop_chains(kernel: &dyn Kernel, ours: &str) -> Vec<(String, String, String, 
             continue;
         };
         if c["policy"].as_str() == Some("drop")
+            && HOOKS.contains(&hook)
             && !(family == "inet" && table == ours)
             && matches!(family, "inet" | "ip" | "ip6")
         {
@@ -126,9 +132,12 @@ impl Facts {
                 })
             })
             .map(|_| boot.clone());
-        let ssh_port = std::env::var("SSH_CONNECTION")
-            .ok()
-            .and_then(|v| v.split_whitespace().nth(3).and_then(|p| p.parse().ok()));
+        let ssh = std::env::var("SSH_CONNECTION").unwrap_or_default();
+        let ssh: Vec<&str> = ssh.split_whitespace().collect();
+        let ssh_port = ssh.get(3).and_then(|p| p.parse().ok());
+        let ssh_addr = ssh
+            .get(2)
+            .and_then(|a| a.split('%').next().unwrap_or(a).parse().ok());
         Facts {
             ipv4_forwarding: read_flag("/proc/sys/net/ipv4/ip_forward"),
             ipv6_forwarding: read_flag("/proc/sys/net/ipv6/conf/all/forwarding"),
@@ -136,6 +145,7 @@ impl Facts {
             boot_flush,
             listening: listening(),
             ssh_port,
+            ssh_addr,
         }
     }
 }
@@ -184,33 +194,30 @@ pub fn warnings(model: &Model, facts: &Facts) -> Vec<String> {
     }
     let mut seen = BTreeSet::new();
     for r in &model.kernel {
-        for l4 in &r.l4 {
-            for p in &r.ports {
-                if facts
-                    .ssh_port
-                    .is_some_and(|s| *l4 == L4::Tcp && p.first <= s && s <= p.last)
-                    && seen.insert((r.name.clone(), "ssh"))
-                {
-                    out.push(format!(
-                        "route `{}` takes port {}/tcp of the SSH connection this command runs over: your session may hang after apply; use --confirm-timeout, or give the route `addresses`",
-                        r.name,
-                        facts.ssh_port.unwrap_or_default()
-                    ));
-                }
-                for (ll4, port, addr) in &facts.listening {
-                    if ll4 == l4
-                        && p.first <= *port
-                        && *port <= p.last
-                        && !is_block(r)
-                        && seen.insert((r.name.clone(), "listen"))
-                    {
-                        out.push(format!(
-                            "route `{}` takes port {port}/{} on which a local process listens ({addr}): connections to it will go to the route's targets instead",
-                            r.name,
-                            l4.as_str()
-                        ));
-                    }
-                }
+        let takes = |l4: L4, port: u16, addr: Option<&IpAddr>| {
+            r.l4.contains(&l4)
+                && r.ports.iter().any(|p| p.first <= port && port <= p.last)
+                && (r.addresses.is_empty()
+                    || addr.is_none_or(|a| a.is_unspecified() || r.addresses.contains(a)))
+        };
+        if let Some(port) = facts.ssh_port {
+            if takes(L4::Tcp, port, facts.ssh_addr.as_ref()) {
+                out.push(format!(
+                    "route `{}` takes port {port}/tcp of the SSH connection this command runs over: your session may hang after apply; use --confirm-timeout, or give the route `addresses`",
+                    r.name
+                ));
+            }
+        }
+        if is_block(r) {
+            continue;
+        }
+        for (l4, port, addr) in &facts.listening {
+            if takes(*l4, *port, addr.parse().ok().as_ref()) && seen.insert(r.name.clone()) {
+                out.push(format!(
+                    "route `{}` takes port {port}/{} on which a local process listens ({addr}): connections to it will go to the route's targets instead",
+                    r.name,
+                    l4.as_str()
+                ));
             }
         }
     }
@@ -231,6 +238,81 @@ fn names(list: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn model(routes: &str) -> Model {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("routes.toml");
+        std::fs::write(&path, routes).expect("write routes");
+        let loaded = crate::config::load(&[path]);
+        let cfg = loaded.config.expect("valid routes");
+        let resolver = crate::lower::StaticResolver(std::collections::BTreeMap::new());
+        crate::lower::lower(&cfg, &resolver).expect("lowers")
+    }
+
+    const SSH_ROUTES: &str = r#"
+[[routes]]
+name = "all"
+[routes.match]
+ports = 22
+addresses = ["192.0.2.1"]
+[routes.action]
+targets = [{ host = "198.51.100.2", port = 22 }]
+
+[[routes]]
+name = "other"
+[routes.match]
+ports = 22
+addresses = ["192.0.2.5"]
+[routes.action]
+targets = [{ host = "198.51.100.2", port = 22 }]
+
+[[routes]]
+name = "web"
+[routes.match]
+ports = 8080
+[routes.action]
+targets = [{ host = "198.51.100.2", port = 80 }]
+"#;
+
+    #[test]
+    fn ssh_and_listeners_are_spared_by_routes_on_other_addresses() {
+        let m = model(SSH_ROUTES);
+        let facts = Facts {
+            ssh_port: Some(22),
+            ssh_addr: "192.0.2.1".parse().ok(),
+            listening: vec![
+                (L4::Tcp, 22, "192.0.2.5".to_owned()),
+                (L4::Tcp, 22, "127.0.0.1".to_owned()),
+                (L4::Udp, 8080, "0.0.0.0".to_owned()),
+            ],
+            ..Facts::default()
+        };
+        let w = warnings(&m, &facts);
+        assert_eq!(w.len(), 2, "{w:#?}");
+        assert!(w[0].starts_with("route `all` takes port 22/tcp of the SSH connection"));
+        assert!(w[1].starts_with(
+            "route `other` takes port 22/tcp on which a local process listens (192.0.2.5)"
+        ));
+    }
+
+    #[test]
+    fn a_route_without_addresses_takes_every_local_address() {
+        let i = SSH_ROUTES
+            .find("[[routes]]\nname = \"other\"")
+            .expect("route other");
+        let m = model(&SSH_ROUTES[i..].replace("addresses = [\"192.0.2.5\"]\n", ""));
+        let facts = Facts {
+            ssh_port: Some(22),
+            ssh_addr: "2001:db8::1".parse().ok(),
+            listening: vec![(L4::Tcp, 8080, "::".to_owned())],
+            ..Facts::default()
+        };
+        let w = warnings(&m, &facts);
+        assert_eq!(w.len(), 2, "{w:#?}");
+        assert!(w[0].starts_with("route `other` takes port 22/tcp of the SSH connection"));
+        assert!(w[1]
+            .starts_with("route `web` takes port 8080/tcp on which a local process listens (::)"));
+    }
 
     #[test]
     fn proc_addresses_decode() {
