@@ -447,7 +447,15 @@ fn changing_one_of_1000_routes_keeps_other_counters_and_connections() {
     let t = Topology::new("ct");
     let srv = Server::start(&t.b1, "b1", "198.51.100.2:9090");
     let _srv2 = Server::start(&t.b2, "b2", "198.51.100.66:9090");
-    let before = many_routes(1000, 20_000);
+    // Route 7 also keeps per-client state: a connection count and a rate meter.
+    let r7 = route("r00007", 20_007, topo::B1_4, 9090);
+    let before = many_routes(1000, 20_000).replace(
+        &r7,
+        &format!(
+            "{r7}[routes.action.security]\nmax_connections = 10\nrate_limit = \"100/second\"\n"
+        ),
+    );
+    assert!(before.contains("max_connections"));
     let f1 = write_routes(&t, "a.toml", &before);
     apply_ok(&t, &f1);
     for i in [1, 2, 250, 500, 999, 1000] {
@@ -494,6 +502,15 @@ fn changing_one_of_1000_routes_keeps_other_counters_and_connections() {
         show(&o)
     );
     let c1 = counters(&t);
+    for set in ["conn4_r00007", "rate4_r00007"] {
+        let text = t
+            .gateway
+            .nft_ok(&["list", "set", "inet", "smartproxy", set], None);
+        assert!(
+            text.contains(topo::CLIENT4),
+            "{set} keeps the client's entry:\n{text}"
+        );
+    }
     let differ: Vec<&String> = c0
         .keys()
         .filter(|k| c0.get(*k) != c1.get(*k))
