@@ -352,8 +352,12 @@ pub fn watchdog(table: &str, token: &str, deadline_ms: u64) -> i32 {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         }
+        // Another smartproxy may hold the lock for long (a destroy waiting at its prompt):
+        // keep trying while the confirm is still ours; giving up would keep an unconfirmed
+        // ruleset for good.
         let Ok(_lock) = state::lock(table, Duration::from_secs(30)) else {
-            return EXIT_ERROR;
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
         };
         match due() {
             None => return EXIT_OK,
