@@ -785,6 +785,19 @@ fn a_stale_saved_plan_is_refused() {
     assert_eq!(ruleset(&t), before, "nothing changed");
 }
 
+/// Waits until some process holds the table's lock (`flock -n` fails), then a little more.
+fn wait_for_lock_holder(t: &Topology) {
+    let lock = t.state.path().join("smartproxy.lock");
+    let held = wait_until(Duration::from_secs(10), || {
+        lock.exists()
+            && Command::new("flock")
+                .args(["-n", s(&lock), "true"])
+                .status()
+                .is_ok_and(|st| !st.success())
+    });
+    assert!(held, "the first apply takes the lock");
+}
+
 #[test]
 fn concurrent_applies_wait_for_the_lock_or_fail() {
     if !common::netns_available("concurrent_applies_wait_for_the_lock_or_fail") {
@@ -813,7 +826,7 @@ fn concurrent_applies_wait_for_the_lock_or_fail() {
     };
     // A second apply with --lock-timeout 1 fails with "lock held".
     let first = slow(&f2);
-    std::thread::sleep(Duration::from_millis(700));
+    wait_for_lock_holder(&t);
     let o = sp(
         &t,
         &["apply", "--auto-approve", "--lock-timeout", "1", s(&f3)],
@@ -833,7 +846,7 @@ fn concurrent_applies_wait_for_the_lock_or_fail() {
 
     // A second apply with the default timeout waits, then applies on the new state.
     let first = slow(&f1);
-    std::thread::sleep(Duration::from_millis(700));
+    wait_for_lock_holder(&t);
     let started = Instant::now();
     let o = sp(&t, &["apply", "--auto-approve", s(&f3)], &[]);
     assert_eq!(code(&o), 0, "{}", show(&o));
