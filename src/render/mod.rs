@@ -1,7 +1,8 @@
-//! Model -> nftables: the text script through the minijinja template in `templates/`,
+//! Model -> nftables: the text script through the minijinja templates in `templates/`,
 //! and the same ruleset as nftables JSON (`json`).
 //!
-//! Pure: no clock, no environment, no hash order. The only user text that reaches the
+//! Pure: no clock, no environment, no hash order. Large scripts are rendered on several
+//! threads; the text does not depend on how many. The only user text that reaches the
 //! output is the comment, sanitised by [`sanitize_comment`]; names were validated to
 //! `[a-z][a-z0-9_-]` and are always behind a prefix, so they cannot be keywords.
 
@@ -17,6 +18,8 @@ use crate::config::{ByteRate, Rate, L4};
 use crate::model::{Family, KernelPort, KernelRoute, KernelTarget, Model, Snat, Spread};
 
 const TEMPLATE: &str = include_str!("../../templates/ruleset.nft.j2");
+const ROUTE_OBJECTS_TEMPLATE: &str = include_str!("../../templates/route-objects.nft.j2");
+const ROUTE_CHAINS_TEMPLATE: &str = include_str!("../../templates/route-chains.nft.j2");
 
 /// Words nft 1.0.6 refuses as a table name (each tried with `nft -c`).
 const NFT_KEYWORDS: &[&str] = &[
@@ -196,13 +199,192 @@ pub enum RenderError {
 }
 
 /// The nft script for a model: `nft -f` ready, byte-identical for the same model.
+///
+/// Routes are rendered in slices, on as many threads as the machine offers, and the
+/// slices are joined in route order: the text never depends on the number of threads.
 pub fn render_script(model: &Model) -> Result<String, RenderError> {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let slices = threads
+        .min(model.kernel.len() / MIN_ROUTES_PER_SLICE)
+        .max(1);
+    render_in_slices(model, slices)
+}
+
+/// Below this many routes a slice (and its thread) costs more than it saves.
+const MIN_ROUTES_PER_SLICE: usize = 512;
+
+fn render_in_slices(model: &Model, slices: usize) -> Result<String, RenderError> {
+    let env = environment()?;
+    let keep_mask = hex(!model.mark_mask);
+    let slices = render_route_slices(&env, model, &keep_mask, slices)?;
+    let view = View::new(model, slices);
+    Ok(env.get_template(RULESET)?.render(&view)?)
+}
+
+const RULESET: &str = "ruleset.nft";
+const ROUTE_OBJECTS: &str = "route-objects.nft";
+const ROUTE_CHAINS: &str = "route-chains.nft";
+
+fn environment() -> Result<minijinja::Environment<'static>, RenderError> {
     let mut env = minijinja::Environment::new();
     env.set_keep_trailing_newline(true);
-    env.add_template("ruleset.nft", TEMPLATE)?;
-    let view = View::new(model);
-    let text = env.get_template("ruleset.nft")?.render(&view)?;
-    Ok(text)
+    env.add_template(RULESET, TEMPLATE)?;
+    env.add_template(ROUTE_OBJECTS, ROUTE_OBJECTS_TEMPLATE)?;
+    env.add_template(ROUTE_CHAINS, ROUTE_CHAINS_TEMPLATE)?;
+    Ok(env)
+}
+
+/// Renders the routes in at most `slices` consecutive slices, one thread each, returned in
+/// route order.
+fn render_route_slices(
+    env: &minijinja::Environment<'static>,
+    model: &Model,
+    keep_mask: &str,
+    slices: usize,
+) -> Result<Vec<RouteSlice>, RenderError> {
+    let routes = &model.kernel;
+    let log_group = model.log_group;
+    if slices <= 1 || routes.len() <= 1 {
+        return Ok(vec![RouteSlice::render(env, routes, keep_mask, log_group)?]);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = routes
+            .chunks(routes.len().div_ceil(slices))
+            .map(|slice| scope.spawn(move || RouteSlice::render(env, slice, keep_mask, log_group)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
+/// Consecutive routes, rendered: their counters and sets, their chains, and their elements
+/// of the dispatch maps.
+struct RouteSlice {
+    objects: String,
+    chains: String,
+    maps: MapElements,
+}
+
+/// What a slice of routes adds to the maps and helper chains after the route chains.
+#[derive(Default)]
+struct MapElements {
+    /// `[v4, v6]`.
+    dnat: [Vec<String>; 2],
+    dnat_addr: [Vec<String>; 2],
+    filter: Vec<String>,
+    snat: Vec<String>,
+    qos: Vec<String>,
+    qos_classes: Vec<u8>,
+    masquerade: bool,
+    masquerade_random: bool,
+}
+
+#[derive(Serialize)]
+struct SliceView<'a> {
+    routes: Vec<RouteView<'a>>,
+    keep_mask: &'a str,
+    log_group: u16,
+}
+
+impl RouteSlice {
+    fn render(
+        env: &minijinja::Environment<'static>,
+        routes: &[KernelRoute],
+        keep_mask: &str,
+        log_group: u16,
+    ) -> Result<Self, RenderError> {
+        let mut maps = MapElements::default();
+        let routes = routes
+            .iter()
+            .map(|r| {
+                let mark = hex(r.mark);
+                maps.add(r, &mark);
+                RouteView::new(r, mark)
+            })
+            .collect();
+        maps.sort();
+        let view = minijinja::Value::from_serialize(SliceView {
+            routes,
+            keep_mask,
+            log_group,
+        });
+        Ok(RouteSlice {
+            objects: env.get_template(ROUTE_OBJECTS)?.render(&view)?,
+            chains: env.get_template(ROUTE_CHAINS)?.render(&view)?,
+            maps,
+        })
+    }
+}
+
+impl MapElements {
+    fn add(&mut self, r: &KernelRoute, mark: &str) {
+        for f in r.families() {
+            let i = usize::from(f == Family::V6);
+            for l4 in &r.l4 {
+                for p in &r.ports {
+                    if r.addresses.is_empty() {
+                        self.dnat[i].push(format!(
+                            "{} . {p} : jump n{}_{}",
+                            l4.as_str(),
+                            fam_n(f),
+                            r.name
+                        ));
+                    }
+                    for a in r.addresses.iter().filter(|a| Family::of(a) == f) {
+                        self.dnat_addr[i].push(format!(
+                            "{a} . {} . {p} : jump n{}_{}",
+                            l4.as_str(),
+                            fam_n(f),
+                            r.name
+                        ));
+                    }
+                }
+            }
+        }
+        self.filter.push(format!("{mark} : jump f_{}", r.name));
+        match r.snat {
+            Snat::None => {}
+            Snat::Masquerade => {
+                self.masquerade = true;
+                self.snat.push(format!("{mark} : jump masq"));
+            }
+            Snat::MasqueradeRandom => {
+                self.masquerade_random = true;
+                self.snat.push(format!("{mark} : jump masq_random"));
+            }
+        }
+        if let Some(q) = r.qos {
+            self.qos.push(format!("{mark} : jump qos_cs{q}"));
+            self.qos_classes.push(q);
+        }
+    }
+
+    /// Sorts each map's elements in this slice, so that sorting the joined slices (by a
+    /// sort that merges sorted runs) is cheap and happens on the worker threads.
+    fn sort(&mut self) {
+        let lists = self.dnat.iter_mut().chain(&mut self.dnat_addr);
+        for list in lists.chain([&mut self.filter, &mut self.snat, &mut self.qos]) {
+            list.sort();
+        }
+    }
+
+    fn append(&mut self, other: MapElements) {
+        let pairs = self.dnat.iter_mut().chain(&mut self.dnat_addr);
+        for (mine, theirs) in pairs.zip(other.dnat.into_iter().chain(other.dnat_addr)) {
+            mine.extend(theirs);
+        }
+        self.filter.extend(other.filter);
+        self.snat.extend(other.snat);
+        self.qos.extend(other.qos);
+        self.qos_classes.extend(other.qos_classes);
+        self.masquerade |= other.masquerade;
+        self.masquerade_random |= other.masquerade_random;
+    }
 }
 
 // ---- the view: what the template needs, precomputed and escaped --------------------------
@@ -211,9 +393,8 @@ pub fn render_script(model: &Model) -> Result<String, RenderError> {
 struct View<'a> {
     table: &'a str,
     mask: String,
-    keep_mask: String,
-    log_group: u16,
-    routes: Vec<RouteView<'a>>,
+    route_objects: Vec<String>,
+    route_chains: Vec<String>,
     masquerade: bool,
     masquerade_random: bool,
     qos_classes: Vec<u8>,
@@ -466,66 +647,27 @@ pub(crate) fn set_name(kind: &str, family: Family, route: &str) -> String {
 }
 
 impl<'a> View<'a> {
-    fn new(model: &'a Model) -> Self {
-        let mut dnat = [Vec::new(), Vec::new()];
-        let mut dnat_addr = [Vec::new(), Vec::new()];
-        let mut routes_map = Vec::new();
-        let mut snat = Vec::new();
-        let mut qos = Vec::new();
-        let mut qos_classes = Vec::new();
-        let mut masquerade = false;
-        let mut masquerade_random = false;
-        let routes = model
-            .kernel
-            .iter()
-            .map(|r| {
-                let mark = hex(r.mark);
-                for f in r.families() {
-                    let i = usize::from(f == Family::V6);
-                    for l4 in &r.l4 {
-                        for p in &r.ports {
-                            if r.addresses.is_empty() {
-                                dnat[i].push(format!(
-                                    "{} . {p} : jump n{}_{}",
-                                    l4.as_str(),
-                                    fam_n(f),
-                                    r.name
-                                ));
-                            }
-                            for a in r.addresses.iter().filter(|a| Family::of(a) == f) {
-                                dnat_addr[i].push(format!(
-                                    "{a} . {} . {p} : jump n{}_{}",
-                                    l4.as_str(),
-                                    fam_n(f),
-                                    r.name
-                                ));
-                            }
-                        }
-                    }
-                }
-                routes_map.push(format!("{mark} : jump f_{}", r.name));
-                match r.snat {
-                    Snat::None => {}
-                    Snat::Masquerade => {
-                        masquerade = true;
-                        snat.push(format!("{mark} : jump masq"));
-                    }
-                    Snat::MasqueradeRandom => {
-                        masquerade_random = true;
-                        snat.push(format!("{mark} : jump masq_random"));
-                    }
-                }
-                if let Some(q) = r.qos {
-                    qos.push(format!("{mark} : jump qos_cs{q}"));
-                    qos_classes.push(q);
-                }
-                RouteView::new(r, mark)
-            })
-            .collect();
+    fn new(model: &'a Model, slices: Vec<RouteSlice>) -> Self {
+        let mut elements = MapElements::default();
+        let mut route_objects = Vec::with_capacity(slices.len());
+        let mut route_chains = Vec::with_capacity(slices.len());
+        for slice in slices {
+            route_objects.push(slice.objects);
+            route_chains.push(slice.chains);
+            elements.append(slice.maps);
+        }
+        let MapElements {
+            dnat: [dnat4, dnat6],
+            dnat_addr: [dnat4_addr, dnat6_addr],
+            filter,
+            snat,
+            qos,
+            mut qos_classes,
+            masquerade,
+            masquerade_random,
+        } = elements;
         qos_classes.sort_unstable();
         qos_classes.dedup();
-        let [dnat4, dnat6] = dnat;
-        let [dnat4_addr, dnat6_addr] = dnat_addr;
         let maps = vec![
             MapView {
                 name: "dnat4",
@@ -555,7 +697,7 @@ impl<'a> View<'a> {
                 name: "route_filter",
                 kind: "mark : verdict",
                 interval: false,
-                elements: routes_map,
+                elements: filter,
             },
             MapView {
                 name: "route_snat",
@@ -582,9 +724,8 @@ impl<'a> View<'a> {
         View {
             table: &model.table,
             mask: hex(model.mark_mask),
-            keep_mask: hex(!model.mark_mask),
-            log_group: model.log_group,
-            routes,
+            route_objects,
+            route_chains,
             masquerade,
             masquerade_random,
             qos_classes,
@@ -741,5 +882,23 @@ mod tests {
         let long = "é".repeat(100);
         let cut = sanitize_comment(&long);
         assert!(cut.len() <= 128 && cut.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn the_script_does_not_depend_on_how_many_slices_render_it() {
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/json/everything.toml"
+        );
+        let loaded = crate::config::load(&[std::path::PathBuf::from(fixture)]);
+        let config = loaded.config.expect("the fixture is valid");
+        let model = crate::lower::lower(&config, &crate::lower::StaticResolver::default())
+            .expect("the fixture names only local hosts");
+        let whole = render_in_slices(&model, 1).expect("renders");
+        for slices in 2..=model.kernel.len() + 1 {
+            let sliced = render_in_slices(&model, slices).expect("renders");
+            assert!(sliced == whole, "{slices} slices render differently");
+        }
+        assert_eq!(render_script(&model).expect("renders"), whole);
     }
 }
