@@ -180,6 +180,20 @@ pub fn plan(
             after: after.map(live::RouteUnit::text).unwrap_or_default(),
         });
     }
+    // A shared chain that no route change explains (one left over or made by hand) is a
+    // table change of its own: without it the plan would be empty and never repair it.
+    if let (Some(l), true) = (&live, changes.is_empty()) {
+        let (before, after) = (l.table_text(), desired.table_text());
+        if before != after {
+            changes.push(Change {
+                unit: "table".into(),
+                action: Action::Update,
+                before,
+                after,
+            });
+            summary.change += 1;
+        }
+    }
     let drift = match (applied, live_listing.as_deref()) {
         (Some(applied), Some(now)) => drift(&live::parse(applied), &live::parse(now)),
         _ => Vec::new(),
@@ -504,6 +518,21 @@ mod tests {
                 destroy: 2
             }
         );
+    }
+
+    #[test]
+    fn a_stray_shared_chain_is_a_table_change() {
+        let desired = listing(&[("web", "0x00010000")]);
+        let live = desired.replace(
+            "\tmap route_filter {",
+            "\tchain qos_cs7 {\n\t\tip dscp set cs7\n\t}\n\n\tmap route_filter {",
+        );
+        let p = plan("sp", String::new(), desired, Some(live), None, Vec::new());
+        assert_eq!(p.changes.len(), 1, "{:?}", p.changes);
+        assert_eq!(p.changes[0].unit, "table");
+        assert_eq!(p.changes[0].action, Action::Update);
+        assert!(!p.replace_table, "the shared chain goes on its own");
+        assert_eq!(p.summary.change, 1);
     }
 
     #[test]

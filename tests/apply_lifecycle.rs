@@ -404,6 +404,16 @@ fn plan_exit_codes_json_and_drift() {
     assert!(!our_table(&t).expect("table").contains("192.0.2.9"));
     let o = sp(&t, &["plan", "--detailed-exitcode", s(&f1)], &[]);
     assert_eq!(code(&o), 0, "repaired:\n{}", show(&o));
+
+    // A stray chain by a name smartproxy uses for shared chains is repaired too.
+    t.gateway
+        .nft_ok(&["add", "chain", "inet", "smartproxy", "qos_cs7"], None);
+    let o = sp(&t, &["plan", "--detailed-exitcode", s(&f1)], &[]);
+    assert_eq!(code(&o), 2, "{}", show(&o));
+    apply_ok(&t, &f1);
+    assert!(!our_table(&t).expect("table").contains("qos_cs7"));
+    let o = sp(&t, &["plan", "--detailed-exitcode", s(&f1)], &[]);
+    assert_eq!(code(&o), 0, "repaired:\n{}", show(&o));
 }
 
 // ---------------------------------------------------------------- 3. counters, connections
