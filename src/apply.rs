@@ -25,6 +25,20 @@ pub fn transaction(plan: &Plan) -> String {
     }
 }
 
+/// The transaction that undoes an incremental [`transaction`]: from the desired state back
+/// to the live state the plan was made against. `None` when the apply loads the whole
+/// table (then only a full reload restores it).
+pub fn inverse(plan: &Plan) -> Option<String> {
+    match (&plan.live_listing, plan.replace_table) {
+        (Some(live_text), false) => Some(incremental(
+            &plan.table,
+            &live::parse(&plan.desired_listing),
+            &live::parse(live_text),
+        )),
+        _ => None,
+    }
+}
+
 fn key_of(element: &str) -> &str {
     element.split_once(" : ").map_or(element, |(k, _)| k)
 }

@@ -228,7 +228,11 @@ pub fn apply(a: &ApplyArgs<'_>) -> i32 {
     let token = match a.confirm_timeout {
         Some(secs) => {
             let rollback = match kernel.dump_table(&table) {
-                Ok(dump) => apply::rollback_script(&table, dump.as_deref()),
+                Ok(dump) => Rollback {
+                    full: apply::rollback_script(&table, dump.as_deref()),
+                    quick: apply::inverse(&p),
+                    fingerprint: plan::fingerprint(p.live_listing.as_deref()),
+                },
                 Err(e) => return err(e),
             };
             match arm_watchdog(&table, secs, &rollback, previous_applied.as_deref()) {
@@ -286,18 +290,35 @@ fn pending_deadline(table: &str, token: &str) -> Option<u64> {
     (lines.next() == Some(token)).then(|| lines.next().and_then(|d| d.parse().ok()).unwrap_or(0))
 }
 
+/// How the watchdog restores the table: `quick` undoes only what the apply changed (the
+/// other routes keep their counters, meters and set contents); when it is absent, fails or
+/// does not arrive at `fingerprint`, `full` reloads the table as dumped before the apply.
+struct Rollback {
+    full: String,
+    quick: Option<String>,
+    fingerprint: String,
+}
+
 /// Records the rollback and starts the detached watchdog (`setsid`, its own session: it
 /// survives SIGKILL of this process and a hung-up terminal, and stays in this namespace).
 /// Called before the commit, so nothing needs undoing when it fails.
 fn arm_watchdog(
     table: &str,
     secs: u64,
-    rollback: &str,
+    rollback: &Rollback,
     previous_applied: Option<&str>,
 ) -> Result<String, i32> {
     let token = format!("{}-{}", std::process::id(), now_ms());
     let record = pending_record(&token, secs);
-    let saved = state::write(table, "rollback.nft", rollback)
+    let saved = state::write(table, "rollback.nft", &rollback.full)
+        .and_then(|()| match &rollback.quick {
+            Some(quick) => state::write(table, "rollback-quick.nft", quick),
+            None => {
+                state::remove(table, "rollback-quick.nft");
+                Ok(())
+            }
+        })
+        .and_then(|()| state::write(table, "rollback.fingerprint", &rollback.fingerprint))
         .and_then(|()| state::write(table, "applied.prev", previous_applied.unwrap_or("")))
         .and_then(|()| state::write(table, "pending", &record));
     if let Err(e) = saved {
@@ -335,8 +356,14 @@ fn arm_watchdog(
 /// Withdraws a pending confirm whose transaction never committed.
 fn disarm_watchdog(table: &str) {
     state::remove(table, "pending");
-    state::remove(table, "rollback.nft");
-    state::remove(table, "applied.prev");
+    for suffix in [
+        "rollback.nft",
+        "rollback-quick.nft",
+        "rollback.fingerprint",
+        "applied.prev",
+    ] {
+        state::remove(table, suffix);
+    }
 }
 
 /// The detached watchdog: waits for the deadline (re-read from `pending`, which apply
@@ -369,12 +396,22 @@ pub fn watchdog(table: &str, token: &str, deadline_ms: u64) -> i32 {
 }
 
 fn roll_back(table: &str) -> i32 {
-    let Some(rollback) = state::read(table, "rollback.nft") else {
-        return EXIT_ERROR;
-    };
     let kernel = NftKernel::default();
-    if kernel.run(&rollback).is_err() {
-        return EXIT_ERROR;
+    let arrived = || {
+        let now = kernel.list_table(table).ok();
+        now.is_some_and(|l| {
+            Some(plan::fingerprint(l.as_deref())) == state::read(table, "rollback.fingerprint")
+        })
+    };
+    let quick = state::read(table, "rollback-quick.nft")
+        .is_some_and(|script| kernel.run(&script).is_ok() && arrived());
+    if !quick {
+        let Some(full) = state::read(table, "rollback.nft") else {
+            return EXIT_ERROR;
+        };
+        if kernel.run(&full).is_err() {
+            return EXIT_ERROR;
+        }
     }
     match state::read(table, "applied.prev").filter(|s| !s.is_empty()) {
         Some(prev) => {

@@ -689,12 +689,25 @@ fn confirm_timeout_rolls_back_unless_confirmed() {
     let o = sp(&t, &["confirm"], &[]);
     assert_eq!(code(&o), 1, "nothing pending:\n{}", show(&o));
 
-    let one = route("web", 80, topo::B1_4, 9090);
+    let _srv = Server::start(&t.b1, "b1", "198.51.100.2:9090");
+    let one = format!(
+        "{}[routes.action.security]\nrate_limit = \"100/second\"\n",
+        route("web", 80, topo::B1_4, 9090)
+    );
     let two = format!("{one}{}", route("api", 81, topo::B2_4, 9090));
     let f1 = write_routes(&t, "one.toml", &one);
     let f2 = write_routes(&t, "two.toml", &two);
     apply_ok(&t, &f1);
+    send_and_close(&t.client, &format!("{}:80", topo::GW4));
+    std::thread::sleep(Duration::from_millis(200));
+    // With the client's entry in the rate meter (listed by `nft -s` too).
     let state1 = our_table(&t).expect("table");
+    assert!(state1.contains(topo::CLIENT4), "{state1}");
+    let counters1 = counters(&t);
+    assert!(
+        !counters1["c_web"].starts_with("packets 0 "),
+        "{counters1:?}"
+    );
 
     // Not confirmed, and the apply is SIGKILLed with its process group: back within 3 + 2 s.
     let at = apply_with_confirm_then_kill(&t, &f2, "3");
@@ -713,6 +726,52 @@ fn confirm_timeout_rolls_back_unless_confirmed() {
     assert_eq!(code(&o), 0, "no drift after rollback:\n{}", show(&o));
     let o = sp(&t, &["confirm"], &[]);
     assert_eq!(code(&o), 1, "nothing pending after rollback:\n{}", show(&o));
+    // Only the change was undone: the unchanged route kept its counter and its meter.
+    assert_eq!(counters(&t)["c_web"], counters1["c_web"]);
+    let meter = t
+        .gateway
+        .nft_ok(&["list", "set", "inet", "smartproxy", "rate4_web"], None);
+    assert!(meter.contains(topo::CLIENT4), "{meter}");
+
+    // Table-level settings change: the rollback reloads the table as it was.
+    let mask = write_routes(
+        &t,
+        "mask.toml",
+        &format!("[settings]\nct_mark_mask = \"0x0000ff00\"\n{one}"),
+    );
+    apply_with_confirm_then_kill(&t, &mask, "1");
+    assert!(
+        wait_until(Duration::from_secs(4), || our_table(&t)
+            .is_some_and(|x| x.contains("& 0x00ff0000"))),
+        "the whole table is restored: {:?}",
+        our_table(&t)
+    );
+    let o = sp(&t, &["plan", "--detailed-exitcode", s(&f1)], &[]);
+    assert_eq!(code(&o), 0, "as it was:\n{}", show(&o));
+    assert_eq!(
+        counters(&t)["c_web"],
+        counters1["c_web"],
+        "with its counters"
+    );
+
+    // A hand edit after the apply: undoing only the change would not arrive at the old
+    // state, so the watchdog reloads the table as it was.
+    let o = sp(
+        &t,
+        &["apply", "--auto-approve", "--confirm-timeout", "1", s(&f2)],
+        &[],
+    );
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    t.gateway
+        .nft_ok(&["add", "chain", "inet", "smartproxy", "zz_by_hand"], None);
+    assert!(
+        wait_until(Duration::from_secs(4), || our_table(&t)
+            .is_some_and(|x| !x.contains("zz_by_hand") && !x.contains("f_api"))),
+        "{:?}",
+        our_table(&t)
+    );
+    let o = sp(&t, &["plan", "--detailed-exitcode", s(&f1)], &[]);
+    assert_eq!(code(&o), 0, "as it was:\n{}", show(&o));
 
     // From no table at all: the rollback removes it.
     let o = sp(&t, &["destroy", "--auto-approve"], &[]);
