@@ -310,6 +310,7 @@ fn arm_watchdog(
 ) -> Result<String, i32> {
     let token = format!("{}-{}", std::process::id(), now_ms());
     let record = pending_record(&token, secs);
+    state::remove(table, "rolledback");
     let saved = state::write(table, "rollback.nft", &rollback.full)
         .and_then(|()| match &rollback.quick {
             Some(quick) => state::write(table, "rollback-quick.nft", quick),
@@ -423,7 +424,7 @@ fn roll_back(table: &str) -> i32 {
     let _ = state::write(
         table,
         "rolledback",
-        &format!("rolled back at {} ms: not confirmed in time\n", now_ms()),
+        "rolled back: its last apply was not confirmed in time\n",
     );
     EXIT_OK
 }
@@ -434,7 +435,15 @@ pub fn confirm(table: Option<&str>) -> i32 {
         .filter(|t| table.is_none_or(|x| x == t))
         .collect();
     if pending.is_empty() {
-        return err("nothing to confirm: no apply awaits confirmation in this network namespace");
+        let late: String = state::tables_with("rolledback")
+            .into_iter()
+            .filter(|t| table.is_none_or(|x| x == t))
+            .filter_map(|t| state::read(&t, "rolledback").map(|r| (t, r)))
+            .map(|(t, r)| format!("; table inet {t} was {}", r.trim()))
+            .collect();
+        return err(format!(
+            "nothing to confirm: no apply awaits confirmation in this network namespace{late}"
+        ));
     }
     for t in &pending {
         let _lock = match state::lock(t, Duration::from_secs(10)) {

@@ -99,6 +99,12 @@ pub fn remove(table: &str, suffix: &str) {
 
 /// Tables with a pending confirm in this namespace.
 pub fn pending_tables() -> Vec<String> {
+    tables_with("pending")
+}
+
+/// Tables that have a state file with this suffix in this namespace.
+pub fn tables_with(suffix: &str) -> Vec<String> {
+    let suffix = format!(".{suffix}");
     let mut out: Vec<String> = std::fs::read_dir(dir())
         .into_iter()
         .flatten()
@@ -106,7 +112,7 @@ pub fn pending_tables() -> Vec<String> {
         .filter_map(|e| {
             e.file_name()
                 .to_string_lossy()
-                .strip_suffix(".pending")
+                .strip_suffix(suffix.as_str())
                 .map(str::to_owned)
         })
         .collect();

@@ -726,6 +726,11 @@ fn confirm_timeout_rolls_back_unless_confirmed() {
     assert_eq!(code(&o), 0, "no drift after rollback:\n{}", show(&o));
     let o = sp(&t, &["confirm"], &[]);
     assert_eq!(code(&o), 1, "nothing pending after rollback:\n{}", show(&o));
+    assert!(
+        stderr(&o).contains("table inet smartproxy was rolled back"),
+        "{}",
+        show(&o)
+    );
     // Only the change was undone: the unchanged route kept its counter and its meter.
     assert_eq!(counters(&t)["c_web"], counters1["c_web"]);
     let meter = t
