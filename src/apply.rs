@@ -282,6 +282,31 @@ mod tests {
     }
 
     #[test]
+    fn the_inverse_undoes_only_the_changed_route() {
+        let desired = LIVE.replace("198.51.100.3:443", "198.51.100.4:443");
+        let p = crate::plan::plan(
+            "sp",
+            String::new(),
+            desired,
+            Some(LIVE.to_owned()),
+            None,
+            Vec::new(),
+        );
+        let undo = inverse(&p).expect("an incremental plan has an inverse");
+        assert!(!undo.contains("web"), "web is untouched:\n{undo}");
+        assert!(undo.contains("dnat ip to 198.51.100.3:443"), "{undo}");
+        let full = crate::plan::Plan {
+            replace_table: true,
+            ..p
+        };
+        assert_eq!(
+            inverse(&full),
+            None,
+            "a full load is undone by a full reload"
+        );
+    }
+
+    #[test]
     fn dynamic_set_contents_are_dropped_from_rollback() {
         let dump = "table inet sp {\n\tset conn4_a {\n\t\ttype ipv4_addr\n\t\tsize 65535\n\t\tflags dynamic\n\t\telements = { 192.0.2.2 ct count over 3,\n\t\t\t     192.0.2.3 ct count over 3 }\n\t}\n\tset block4_a {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = { 192.0.2.66 }\n\t}\n}\n";
         let out = strip_dynamic_elements(dump);
