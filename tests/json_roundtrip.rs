@@ -318,7 +318,7 @@ fn the_fixtures_exercise_every_feature() {
         ("rate set timeout", "timeout 120s"),
         (
             "byte cap",
-            "limit rate over 512 kbytes/second burst 524288 bytes drop",
+            "limit rate over 512 kbytes/second drop",
         ),
         (
             "log without group",

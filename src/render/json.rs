@@ -45,7 +45,7 @@ use serde_json::{json, Value};
 use super::{
     fam_ip, fam_n, fam_nfproto, hex, net_text, rate_timeout, refuses, set_name, slots, RenderError,
 };
-use crate::config::{ByteRate, PortRange, Rate, SizeUnit, L4};
+use crate::config::{ByteRate, PortRange, Rate, L4};
 use crate::model::{Family, KernelAction, KernelPort, KernelRoute, KernelTarget, Model, Snat};
 
 /// The same ruleset as `render_script`, as an `nft -j -f` document (pretty-printed,
@@ -254,25 +254,14 @@ fn packet_limit(r: &Rate, over: bool) -> Result<stmt::Limit<'static>, RenderErro
     })
 }
 
-/// `limit rate over N size/unit burst B bytes`, B one unit of time's worth, as
-/// `byte_rate_text` writes it.
+/// `limit rate over N size/unit`, no burst of its own, as `byte_rate_text` writes it.
 fn byte_limit(r: &ByteRate) -> Result<stmt::Limit<'static>, RenderError> {
-    let unit_bytes: u64 = match r.size {
-        SizeUnit::Bytes => 1,
-        SizeUnit::Kbytes => 1024,
-        SizeUnit::Mbytes => 1024 * 1024,
-    };
-    let burst = r
-        .amount
-        .checked_mul(unit_bytes)
-        .map(|b| (b / r.unit.seconds()).max(1))
-        .unwrap_or(u64::MAX);
     Ok(stmt::Limit {
         rate: small(r.amount, "byte rate")?,
         rate_unit: Some(Cow::Borrowed(r.size.as_str())),
         per: Some(Cow::Borrowed(r.unit.as_str())),
-        burst: Some(small(burst, "byte burst")?),
-        burst_unit: Some(Cow::Borrowed("bytes")),
+        burst: None,
+        burst_unit: None,
         inv: Some(true),
     })
 }
@@ -918,20 +907,23 @@ fn sort_flags(value: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TimeUnit;
+    use crate::config::{SizeUnit, TimeUnit};
 
     /// A limit statement in nft's text syntax, to compare with the text renderer's.
     fn limit_text(l: &stmt::Limit<'_>) -> String {
         let unit = |u: &Option<Cow<'_, str>>| u.as_deref().unwrap_or_default().to_owned();
         let burst = l.burst.unwrap_or_default();
-        match l.burst_unit.as_deref() {
-            Some(b) => format!(
+        match (l.burst_unit.as_deref(), l.rate_unit.as_deref()) {
+            (None, Some(size)) if size != "packets" && l.burst.is_none() => {
+                format!("{} {size}/{}", l.rate, unit(&l.per))
+            }
+            (Some(b), _) => format!(
                 "{} {}/{} burst {burst} {b}",
                 l.rate,
                 unit(&l.rate_unit),
                 unit(&l.per)
             ),
-            None => format!(
+            (None, _) => format!(
                 "{}/{} burst {burst} {}",
                 l.rate,
                 unit(&l.per),
