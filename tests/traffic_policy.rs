@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::topo::{Server, Topology};
 use policy_helpers::{
-    add_second_client, connect, is_reset, use_client_address, warm_up, CLIENT4_B, CLIENT6_B,
+    add_second_client, connect, counter_packets, have, is_reset, rate_in_window, sample, seen_port,
+    tcp_blast, udp_blast, use_client_address, warm_up, UdpSink, CLIENT4_B, CLIENT6_B,
     CONNECT_TIMEOUT,
 };
 
@@ -199,4 +200,347 @@ max_connections = 3
             "{to}: admitted again after closing: {reopened:?}"
         );
     }
+}
+
+/// The `max_rate` of the rate tests: 2 MiB/s, as nft counts `mbytes`.
+const CAP: f64 = 2.0 * 1024.0 * 1024.0;
+
+#[test]
+fn max_rate_caps_udp_from_all_clients_together() {
+    if !common::netns_available("max_rate_caps_udp_from_all_clients_together") {
+        return;
+    }
+    let t = Topology::new("pmu");
+    warm_up(&t);
+    let sink4 = UdpSink::start(&t.b1, "198.51.100.2:5001");
+    let sink6 = UdpSink::start(&t.b1, "[2001:db8:b1::2]:5001");
+    t.apply(
+        r#"
+[[routes]]
+name = "bulk"
+[routes.match]
+ports = 5001
+protocol = "udp"
+[routes.action]
+targets = [{ host = "198.51.100.2", port = 5001 }, { host = "2001:db8:b1::2", port = 5001 }]
+[routes.action.nftables]
+max_rate = "2 mbytes/second"
+"#,
+    );
+    // Each family sends at the cap: together twice the cap, for 10 s.
+    let secs = 10.0;
+    let start = Instant::now();
+    let senders = [
+        udp_blast(
+            &t.client,
+            "192.0.2.1:5001",
+            1400,
+            CAP as u64,
+            Duration::from_secs_f64(secs),
+        ),
+        udp_blast(
+            &t.client,
+            "[2001:db8:c::1]:5001",
+            1400,
+            CAP as u64,
+            Duration::from_secs_f64(secs),
+        ),
+    ];
+    let sent: u64 = senders.into_iter().map(|s| s.join().expect("sender")).sum();
+    std::thread::sleep(Duration::from_millis(200));
+    // Over the whole run: the bucket (one second's worth) lets at most 1 s more through.
+    let (b4, b6) = (
+        sink4.bytes_between(start, Instant::now()),
+        sink6.bytes_between(start, Instant::now()),
+    );
+    let rate = (b4 + b6) as f64 / secs;
+    // After the bucket has drained (3 s in): the steady rate.
+    let from = start + Duration::from_secs(3);
+    let to = start + Duration::from_secs_f64(secs);
+    let window = to.duration_since(from).as_secs_f64();
+    let steady = (sink4.bytes_between(from, to) + sink6.bytes_between(from, to)) as f64 / window;
+    eprintln!(
+        "udp: sent {:.2} MiB/s, arrived {:.3} MiB/s over {secs} s (v4 {:.3}, v6 {:.3}), \
+         {:.3} MiB/s after 3 s, cap {:.1} MiB/s",
+        sent as f64 / secs / 1048576.0,
+        rate / 1048576.0,
+        b4 as f64 / secs / 1048576.0,
+        b6 as f64 / secs / 1048576.0,
+        steady / 1048576.0,
+        CAP / 1048576.0
+    );
+    assert!(
+        sent as f64 / secs > 1.8 * CAP,
+        "the senders reach twice the cap: {sent} bytes in {secs} s"
+    );
+    assert!(
+        (0.9 * CAP..=1.1 * CAP).contains(&rate),
+        "UDP arrives at the cap +-10 % over {secs} s: {rate:.0} B/s, cap {CAP:.0}"
+    );
+    assert!(
+        (0.9 * CAP..=1.1 * CAP).contains(&steady),
+        "UDP arrives at the cap +-10 % once the bucket has drained: {steady:.0} B/s"
+    );
+    for (family, bytes) in [("v4", b4), ("v6", b6)] {
+        assert!(
+            bytes as f64 / secs > 0.2 * CAP,
+            "{family} gets a share of the cap: {bytes} bytes in {secs} s"
+        );
+    }
+}
+
+#[test]
+fn max_rate_caps_tcp_goodput() {
+    if !common::netns_available("max_rate_caps_tcp_goodput") {
+        return;
+    }
+    let t = Topology::new("pmt");
+    warm_up(&t);
+    let s4 = Server::start(&t.b1, "b1", "198.51.100.2:5002");
+    let s6 = Server::start(&t.b1, "b1v6", "[2001:db8:b1::2]:5002");
+    t.apply(
+        r#"
+[[routes]]
+name = "bulk"
+[routes.match]
+ports = 5002
+[routes.action]
+targets = [{ host = "198.51.100.2", port = 5002 }, { host = "2001:db8:b1::2", port = 5002 }]
+[routes.action.nftables]
+max_rate = "2 mbytes/second"
+"#,
+    );
+    let secs = 10.0;
+    for (to, server) in [("192.0.2.1:5002", &s4), ("[2001:db8:c::1]:5002", &s6)] {
+        let blast = tcp_blast(&t.client, to, Duration::from_secs_f64(secs));
+        let samples = sample(&server.received, Duration::from_secs_f64(secs));
+        let sent = blast.join().expect("sender");
+        // Skip the first 3 s, in which the bucket (one second's worth) drains.
+        let goodput = rate_in_window(&samples, 3.0, secs);
+        eprintln!(
+            "tcp {to}: wrote {:.2} MiB, goodput {:.3} MiB/s after 3 s, cap {:.1} MiB/s",
+            sent as f64 / 1048576.0,
+            goodput / 1048576.0,
+            CAP / 1048576.0
+        );
+        assert!(
+            goodput <= 1.1 * CAP,
+            "{to}: TCP goodput at most 1.1x the cap: {goodput:.0} B/s, cap {CAP:.0}"
+        );
+        assert!(
+            goodput >= 0.5 * CAP,
+            "{to}: TCP still flows at a fair part of the cap: {goodput:.0} B/s, cap {CAP:.0}"
+        );
+    }
+}
+
+/// A table in a backend or client namespace counting, per family, packets of `port` (as
+/// source or destination) that carry DSCP CS2 and those that do not.
+fn dscp_counters(port: u16) -> String {
+    format!(
+        "table inet dscp {{
+	counter cs2_4 {{
+	}}
+	counter other4 {{
+	}}
+	counter cs2_6 {{
+	}}
+	counter other6 {{
+	}}
+	chain input {{
+		type filter hook input priority 0; policy accept;
+		meta l4proto tcp th sport {port} ip dscp cs2 counter name cs2_4
+		meta l4proto tcp th dport {port} ip dscp cs2 counter name cs2_4
+		meta l4proto tcp th sport {port} ip dscp != cs2 counter name other4
+		meta l4proto tcp th dport {port} ip dscp != cs2 counter name other4
+		meta l4proto tcp th sport {port} ip6 dscp cs2 counter name cs2_6
+		meta l4proto tcp th dport {port} ip6 dscp cs2 counter name cs2_6
+		meta l4proto tcp th sport {port} ip6 dscp != cs2 counter name other6
+		meta l4proto tcp th dport {port} ip6 dscp != cs2 counter name other6
+	}}
+}}
+"
+    )
+}
+
+#[test]
+fn priority_marks_both_directions_with_dscp_cs2() {
+    if !common::netns_available("priority_marks_both_directions_with_dscp_cs2") {
+        return;
+    }
+    let t = Topology::new("pqs");
+    let _s = backends(&t);
+    warm_up(&t);
+    t.b1.nft_ok(&["-f", "-"], Some(&dscp_counters(9090)));
+    t.client.nft_ok(&["-f", "-"], Some(&dscp_counters(80)));
+    t.apply(&web_route(
+        r#"
+[routes.action.nftables]
+priority = 2
+"#,
+    ));
+    for to in [GW4_80, GW6_80] {
+        for _ in 0..3 {
+            greeting(&t.client, to, to);
+        }
+    }
+    for (ns, side) in [
+        (&t.b1, "backend (original direction)"),
+        (&t.client, "client (replies)"),
+    ] {
+        for fam in ["4", "6"] {
+            let cs2 = counter_packets(ns, "dscp", &format!("cs2_{fam}"));
+            let other = counter_packets(ns, "dscp", &format!("other{fam}"));
+            eprintln!("{side} v{fam}: {cs2} packets CS2, {other} other");
+            assert!(
+                cs2 >= 6,
+                "{side} v{fam}: the route's packets arrive as CS2: {cs2}"
+            );
+            assert_eq!(
+                other, 0,
+                "{side} v{fam}: no packet of the route without CS2"
+            );
+        }
+    }
+}
+
+#[test]
+fn advanced_nat_randomises_source_ports() {
+    if !common::netns_available("advanced_nat_randomises_source_ports") {
+        return;
+    }
+    let t = Topology::new("pan");
+    let _s = backends(&t);
+    warm_up(&t);
+    t.apply(
+        r#"
+[[routes]]
+name = "plain"
+[routes.match]
+ports = 80
+[routes.action]
+targets = [{ host = "198.51.100.2", port = 9090 }, { host = "2001:db8:b1::2", port = 9090 }]
+
+[[routes]]
+name = "random"
+[routes.match]
+ports = 81
+[routes.action]
+targets = [{ host = "198.51.100.2", port = 9090 }, { host = "2001:db8:b1::2", port = 9090 }]
+[routes.action.nftables]
+use_advanced_nat = true
+"#,
+    );
+    let attempts = 10;
+    for (gw, fam) in [("192.0.2.1", "v4"), ("[2001:db8:c::1]", "v6")] {
+        // (client source port, port the backend saw) per connection, held open so that
+        // conntrack shows them too.
+        let mut held = Vec::new();
+        let mut kept = [0; 2];
+        for (i, port) in [80, 81].into_iter().enumerate() {
+            for _ in 0..attempts {
+                let c = connect(&t.client, &format!("{gw}:{port}"), CONNECT_TIMEOUT)
+                    .unwrap_or_else(|e| panic!("{fam} :{port}: {e}"));
+                let seen = seen_port(&c.greeting).expect("port in the greeting");
+                kept[i] += usize::from(seen == c.local.port());
+                held.push(c);
+            }
+        }
+        eprintln!(
+            "{fam}: source port kept {}/{attempts} plain, {}/{attempts} with advanced NAT",
+            kept[0], kept[1]
+        );
+        assert!(
+            kept[0] >= attempts - 1,
+            "{fam}: plain masquerade keeps the port"
+        );
+        assert!(
+            kept[1] <= 2,
+            "{fam}: advanced NAT picks random source ports"
+        );
+        if have("conntrack") {
+            assert_conntrack_ports(&t, fam, &held);
+        }
+    }
+}
+
+/// Cross-checks with `conntrack -L` in the gateway: the reply direction's destination port
+/// (the masqueraded source port) for each held connection is what the backend saw.
+fn assert_conntrack_ports(t: &Topology, fam: &str, held: &[policy_helpers::Conn]) {
+    let family = if fam == "v4" { "ipv4" } else { "ipv6" };
+    let out = t
+        .gateway
+        .exec_ok(&["conntrack", "-L", "-f", family, "-p", "tcp"]);
+    for c in held {
+        let seen = seen_port(&c.greeting).expect("port in the greeting");
+        let line = out
+            .lines()
+            .find(|l| l.contains(&format!(" sport={} ", c.local.port())))
+            .unwrap_or_else(|| panic!("{fam}: no conntrack entry for {}:\n{out}", c.local));
+        let reply_dport = line
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix("dport="))
+            .nth(1)
+            .and_then(|p| p.parse::<u16>().ok());
+        assert_eq!(
+            reply_dport,
+            Some(seen),
+            "{fam}: conntrack reply port: {line}"
+        );
+    }
+}
+
+#[test]
+fn log_sends_refused_packets_to_the_nflog_group() {
+    if !common::netns_available("log_sends_refused_packets_to_the_nflog_group") {
+        return;
+    }
+    if !have("tcpdump") {
+        let why = "log_sends_refused_packets_to_the_nflog_group needs tcpdump";
+        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "{why}");
+        eprintln!("\n!!!!!!!! SKIPPED {why} !!!!!!!!\n");
+        return;
+    }
+    let t = Topology::new("plg");
+    let _s = backends(&t);
+    warm_up(&t);
+    t.apply(
+        r#"
+[settings]
+log_group = 7
+
+[[routes]]
+name = "web"
+log = true
+[routes.match]
+ports = 80
+[routes.action]
+targets = [{ host = "198.51.100.2", port = 9090 }, { host = "2001:db8:b1::2", port = 9090 }]
+[routes.action.security]
+ip_block_list = ["192.0.2.0/24", "2001:db8:c::/64"]
+"#,
+    );
+    let mut capture = policy_helpers::nflog_capture(&t.gateway, 7, 4, 10);
+    // Refused attempts until tcpdump has its packets (it needs a moment to listen).
+    let deadline = Instant::now() + Duration::from_secs(9);
+    while Instant::now() < deadline && capture.try_wait().ok().flatten().is_none() {
+        for to in [GW4_80, GW6_80] {
+            assert_refused(&t.client, to, "blocked client");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = capture.wait_with_output().expect("tcpdump finishes");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Logged in the filter chain, after DNAT: the destination is already the backend.
+    eprintln!("nflog:7 captured:\n{text}");
+    assert!(
+        text.contains("IP 192.0.2.2."),
+        "a refused v4 packet on nflog:7:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("IP6 2001:db8:c::2."),
+        "a refused v6 packet on nflog:7:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
