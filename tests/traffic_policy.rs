@@ -137,27 +137,37 @@ fn rate_limit_refuses_new_connections_beyond_the_burst() {
 rate_limit = "2/second burst 3"
 "#,
     ));
-    for to in [GW4_80, GW6_80] {
-        let attempts = 12;
+    // (admitted, seconds) for `attempts` connections opened one after the other.
+    let burst_of = |to: &str, attempts: u32| {
         let start = Instant::now();
         let mut admitted = 0u32;
-        let mut errors = Vec::new();
         for _ in 0..attempts {
             match connect(&t.client, to, CONNECT_TIMEOUT) {
                 Ok(_) => admitted += 1,
-                Err(e) => {
-                    assert!(is_reset(&e), "{to}: excess refused by a reset, got {e}");
-                    errors.push(e.kind());
-                }
+                Err(e) => assert!(is_reset(&e), "{to}: excess refused by a reset, got {e}"),
             }
         }
-        let elapsed = start.elapsed().as_secs_f64();
+        (admitted, start.elapsed().as_secs_f64())
+    };
+    for to in [GW4_80, GW6_80] {
+        let attempts = 12;
+        let (admitted, elapsed) = burst_of(to, attempts);
         let most = f64::from(burst) + rate * elapsed + 1.0;
         eprintln!("{to}: {admitted}/{attempts} admitted in {elapsed:.3} s (at most {most:.1})");
         assert!(
             admitted >= burst && f64::from(admitted) <= most,
             "{to}: {admitted} of {attempts} admitted in {elapsed:.3} s; \
              expected between {burst} and {most:.1}"
+        );
+        // The meter refills at the rate: after 1.2 s, about two more.
+        let pause = 1.2;
+        std::thread::sleep(Duration::from_secs_f64(pause));
+        let (again, elapsed) = burst_of(to, 6);
+        let most = rate * (pause + elapsed) + 1.0;
+        eprintln!("{to}: {again}/6 admitted {pause} s later (at most {most:.1})");
+        assert!(
+            again >= 1 && f64::from(again) <= most,
+            "{to}: {again} admitted {pause} s after the burst; expected 1 to {most:.1}"
         );
     }
 }
