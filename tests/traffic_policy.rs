@@ -1,7 +1,9 @@
 //! The policy behaviours of SPEC §4, proven with real packets from the client namespace
 //! through the gateway running smartproxy to a backend, over IPv4 and IPv6: block and
-//! allow lists, `rate_limit`, `max_connections`, `max_rate` (UDP and TCP), `priority`
-//! (DSCP), `use_advanced_nat` (random source ports) and `log` (nflog group).
+//! allow lists, `rate_limit` (TCP reset, UDP drop), `max_connections`, `max_rate` (UDP and
+//! TCP), `priority` (DSCP), `use_advanced_nat` (random source ports) and `log` (nflog group).
+//! Extra tools: `conntrack` cross-checks the NAT test when installed; `tcpdump` is needed
+//! for the log test (a loud skip without it, a failure under `CI=true`).
 
 mod common;
 mod policy_helpers;
@@ -553,4 +555,49 @@ ip_block_list = ["192.0.2.0/24", "2001:db8:c::/64"]
         "a refused v6 packet on nflog:7:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn rate_limit_drops_new_udp_flows_beyond_the_burst() {
+    if !common::netns_available("rate_limit_drops_new_udp_flows_beyond_the_burst") {
+        return;
+    }
+    let t = Topology::new("pru");
+    warm_up(&t);
+    let sink4 = UdpSink::start(&t.b1, "198.51.100.2:5003");
+    let sink6 = UdpSink::start(&t.b1, "[2001:db8:b1::2]:5003");
+    let (rate, burst) = (2.0, 3u32);
+    t.apply(
+        r#"
+[[routes]]
+name = "dns"
+[routes.match]
+ports = 53
+protocol = "udp"
+[routes.action]
+targets = [{ host = "198.51.100.2", port = 5003 }, { host = "2001:db8:b1::2", port = 5003 }]
+[routes.action.security]
+rate_limit = "2/second burst 3"
+"#,
+    );
+    for (to, sink) in [("192.0.2.1:53", &sink4), ("[2001:db8:c::1]:53", &sink6)] {
+        // Each datagram from a fresh socket is a new flow (a new conntrack entry).
+        let flows = 12;
+        let start = Instant::now();
+        for _ in 0..flows {
+            policy_helpers::udp_once(&t.client, to, &[0x42; 100]);
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_millis(300));
+        let arrived = sink.bytes_between(start, Instant::now()) / 100;
+        let most = f64::from(burst) + rate * elapsed + 1.0;
+        eprintln!(
+            "{to}: {arrived}/{flows} new UDP flows arrived in {elapsed:.3} s (at most {most:.1})"
+        );
+        assert!(
+            arrived >= u64::from(burst) && arrived as f64 <= most,
+            "{to}: {arrived} of {flows} flows arrived in {elapsed:.3} s; \
+             expected between {burst} and {most:.1}"
+        );
+    }
 }

@@ -204,6 +204,21 @@ pub fn udp_blast(
     })
 }
 
+/// Sends one datagram from a fresh socket in `ns` (a new flow each time).
+pub fn udp_once(ns: &Netns, to: &str, payload: &[u8]) {
+    let to: SocketAddr = to.parse().expect("socket address");
+    let local: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().expect("any v4")
+    } else {
+        "[::]:0".parse().expect("any v6")
+    };
+    let payload = payload.to_vec();
+    ns.run_in(move || {
+        let s = UdpSocket::bind(local).expect("bind udp sender");
+        s.send_to(&payload, to).expect("send a datagram");
+    });
+}
+
 /// Writes to `to` from `ns` as fast as TCP allows for `duration` (bounded by the clock and
 /// a write timeout); returns the bytes written.
 pub fn tcp_blast(ns: &Netns, to: &str, duration: Duration) -> std::thread::JoinHandle<u64> {
