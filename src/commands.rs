@@ -513,7 +513,8 @@ pub fn destroy(
         return err(format!("the kernel refused; nothing was changed:\n{e}"));
     }
     state::remove(&table, "applied");
-    state::remove(&table, "pending");
+    state::remove(&table, "rolledback");
+    disarm_watchdog(&table);
     println!("\nDestroy complete! Table inet {table} removed.");
     EXIT_OK
 }
