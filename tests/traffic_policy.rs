@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use common::topo::{Server, Topology};
 use policy_helpers::{
     add_second_client, connect, counter_packets, have, is_reset, rate_in_window, sample, seen_port,
-    tcp_blast, udp_blast, use_client_address, warm_up, UdpSink, CLIENT4_B, CLIENT6_B,
-    CONNECT_TIMEOUT,
+    tcp_blast, udp_blast, udp_open_flow, udp_reflect, use_client_address, warm_up, UdpSink,
+    CLIENT4_B, CLIENT6_B, CONNECT_TIMEOUT,
 };
 
 const GW4_80: &str = "192.0.2.1:80";
@@ -600,4 +600,71 @@ rate_limit = "2/second burst 3"
              expected between {burst} and {most:.1}"
         );
     }
+}
+
+#[test]
+fn max_rate_caps_udp_in_the_reply_direction() {
+    if !common::netns_available("max_rate_caps_udp_in_the_reply_direction") {
+        return;
+    }
+    let t = Topology::new("pmr");
+    warm_up(&t);
+    let secs = 10.0;
+    let duration = Duration::from_secs_f64(secs);
+    // The backend answers each family's first datagram with a stream at the cap: together
+    // twice the cap, all of it in the reply direction.
+    let reflectors = [
+        udp_reflect(&t.b1, "198.51.100.2:5004", 1400, CAP as u64, duration),
+        udp_reflect(&t.b1, "[2001:db8:b1::2]:5004", 1400, CAP as u64, duration),
+    ];
+    t.apply(
+        r#"
+[[routes]]
+name = "stream"
+[routes.match]
+ports = 5004
+protocol = "udp"
+[routes.action]
+targets = [{ host = "198.51.100.2", port = 5004 }, { host = "2001:db8:b1::2", port = 5004 }]
+[routes.action.nftables]
+max_rate = "2 mbytes/second"
+"#,
+    );
+    let start = Instant::now();
+    let sinks = [
+        udp_open_flow(&t.client, "192.0.2.1:5004"),
+        udp_open_flow(&t.client, "[2001:db8:c::1]:5004"),
+    ];
+    let sent: u64 = reflectors
+        .into_iter()
+        .map(|r| r.join().expect("reflector"))
+        .sum();
+    std::thread::sleep(Duration::from_millis(200));
+    let end = Instant::now();
+    let total: u64 = sinks.iter().map(|s| s.bytes_between(start, end)).sum();
+    let rate = total as f64 / secs;
+    let from = start + Duration::from_secs(3);
+    let to = start + duration;
+    let steady = sinks.iter().map(|s| s.bytes_between(from, to)).sum::<u64>() as f64
+        / to.duration_since(from).as_secs_f64();
+    eprintln!(
+        "udp replies: sent {:.2} MiB/s, arrived {:.3} MiB/s over {secs} s, {:.3} MiB/s after 3 s, \
+         cap {:.1} MiB/s",
+        sent as f64 / secs / 1048576.0,
+        rate / 1048576.0,
+        steady / 1048576.0,
+        CAP / 1048576.0
+    );
+    assert!(
+        sent as f64 / secs > 1.8 * CAP,
+        "the backend sends twice the cap"
+    );
+    assert!(
+        (0.9 * CAP..=1.1 * CAP).contains(&rate),
+        "replies arrive at the cap +-10 % over {secs} s: {rate:.0} B/s, cap {CAP:.0}"
+    );
+    assert!(
+        (0.9 * CAP..=1.1 * CAP).contains(&steady),
+        "replies arrive at the cap +-10 % once the bucket has drained: {steady:.0} B/s"
+    );
 }

@@ -126,6 +126,11 @@ impl UdpSink {
     pub fn start(ns: &Netns, bind: &str) -> UdpSink {
         let bind: SocketAddr = bind.parse().expect("socket address");
         let sock = ns.run_in(move || UdpSocket::bind(bind).expect("bind udp in namespace"));
+        UdpSink::on(sock)
+    }
+
+    /// Records what arrives on an existing socket (e.g. one that sent the first datagram).
+    pub fn on(sock: UdpSocket) -> UdpSink {
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .expect("read timeout");
         let stop = Arc::new(AtomicBool::new(false));
@@ -217,6 +222,59 @@ pub fn udp_once(ns: &Netns, to: &str, payload: &[u8]) {
         let s = UdpSocket::bind(local).expect("bind udp sender");
         s.send_to(&payload, to).expect("send a datagram");
     });
+}
+
+/// A UDP socket in `ns` bound to `bind` that waits (at most 5 s) for one datagram, then
+/// sends `payload`-byte datagrams back to its sender at `bytes_per_sec` for `duration`:
+/// traffic in the reply direction of the flow. Returns the bytes sent.
+pub fn udp_reflect(
+    ns: &Netns,
+    bind: &str,
+    payload: usize,
+    bytes_per_sec: u64,
+    duration: Duration,
+) -> std::thread::JoinHandle<u64> {
+    let bind: SocketAddr = bind.parse().expect("socket address");
+    let sock = ns.run_in(move || UdpSocket::bind(bind).expect("bind udp reflector"));
+    std::thread::spawn(move || {
+        let _ = sock.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut first = [0u8; 64];
+        let Ok((_, peer)) = sock.recv_from(&mut first) else {
+            return 0;
+        };
+        let buf = vec![0x3cu8; payload];
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < duration {
+            let due = (start.elapsed().as_secs_f64() * bytes_per_sec as f64) as u64;
+            let mut n = 0;
+            while sent < due && n < 1000 {
+                if sock.send_to(&buf, peer).is_ok() {
+                    sent += payload as u64;
+                }
+                n += 1;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sent
+    })
+}
+
+/// A socket in `ns` that has sent one datagram to `to` (opening the flow), recording what
+/// comes back.
+pub fn udp_open_flow(ns: &Netns, to: &str) -> UdpSink {
+    let to: SocketAddr = to.parse().expect("socket address");
+    let local: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().expect("any v4")
+    } else {
+        "[::]:0".parse().expect("any v6")
+    };
+    let sock = ns.run_in(move || {
+        let s = UdpSocket::bind(local).expect("bind udp client");
+        s.send_to(b"hi", to).expect("send the first datagram");
+        s
+    });
+    UdpSink::on(sock)
 }
 
 /// Writes to `to` from `ns` as fast as TCP allows for `duration` (bounded by the clock and
