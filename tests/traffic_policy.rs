@@ -668,3 +668,54 @@ max_rate = "2 mbytes/second"
         "replies arrive at the cap +-10 % once the bucket has drained: {steady:.0} B/s"
     );
 }
+
+#[test]
+fn max_rate_passes_packets_larger_than_a_second_of_a_small_cap() {
+    if !common::netns_available("max_rate_passes_packets_larger_than_a_second_of_a_small_cap") {
+        return;
+    }
+    let t = Topology::new("pms");
+    warm_up(&t);
+    let sink4 = UdpSink::start(&t.b1, "198.51.100.2:5005");
+    let sink6 = UdpSink::start(&t.b1, "[2001:db8:b1::2]:5005");
+    t.apply(
+        r#"
+[[routes]]
+name = "trickle"
+[routes.match]
+ports = 5005
+protocol = "udp"
+[routes.action]
+targets = [{ host = "198.51.100.2", port = 5005 }, { host = "2001:db8:b1::2", port = 5005 }]
+[routes.action.nftables]
+max_rate = "4 kbytes/second"
+"#,
+    );
+    // 10,000-byte datagrams (fragmented on the wire, reassembled by conntrack before the
+    // cap sees them), like GRO or GSO packets: bigger than one second of the cap. A bucket
+    // of one second's worth could never hold one; they must still pass, within the cap
+    // plus the bucket.
+    let start = Instant::now();
+    for _ in 0..3 {
+        policy_helpers::udp_once(&t.client, "192.0.2.1:5005", &[0x17; 10_000]);
+        policy_helpers::udp_once(&t.client, "[2001:db8:c::1]:5005", &[0x17; 10_000]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let end = Instant::now();
+    let (b4, b6) = (
+        sink4.bytes_between(start, end),
+        sink6.bytes_between(start, end),
+    );
+    eprintln!("10,000-byte datagrams under a 4 kbytes/second cap: v4 {b4} bytes, v6 {b6} bytes");
+    assert!(
+        b4 >= 10_000 && b6 >= 10_000,
+        "large datagrams pass: v4 {b4}, v6 {b6}"
+    );
+    let most = 128.0 * 1024.0 + 4096.0 * end.duration_since(start).as_secs_f64();
+    assert!(
+        (b4 + b6) as f64 <= most,
+        "within the bucket and the cap: {} bytes, at most {most:.0}",
+        b4 + b6
+    );
+}

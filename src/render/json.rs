@@ -43,7 +43,8 @@ use serde::ser::Error as _;
 use serde_json::{json, Value};
 
 use super::{
-    fam_ip, fam_n, fam_nfproto, hex, net_text, rate_timeout, refuses, set_name, slots, RenderError,
+    byte_burst, fam_ip, fam_n, fam_nfproto, hex, net_text, rate_timeout, refuses, set_name, slots,
+    RenderError,
 };
 use crate::config::{ByteRate, PortRange, Rate, L4};
 use crate::model::{Family, KernelAction, KernelPort, KernelRoute, KernelTarget, Model, Snat};
@@ -254,14 +255,18 @@ fn packet_limit(r: &Rate, over: bool) -> Result<stmt::Limit<'static>, RenderErro
     })
 }
 
-/// `limit rate over N size/unit`, no burst of its own, as `byte_rate_text` writes it.
+/// `limit rate over N size/unit [burst B bytes]`, as `byte_rate_text` writes it.
 fn byte_limit(r: &ByteRate) -> Result<stmt::Limit<'static>, RenderError> {
+    let burst = match byte_burst(r) {
+        0 => None,
+        b => Some(small(b, "byte burst")?),
+    };
     Ok(stmt::Limit {
         rate: small(r.amount, "byte rate")?,
         rate_unit: Some(Cow::Borrowed(r.size.as_str())),
         per: Some(Cow::Borrowed(r.unit.as_str())),
-        burst: None,
-        burst_unit: None,
+        burst,
+        burst_unit: burst.map(|_| Cow::Borrowed("bytes")),
         inv: Some(true),
     })
 }
@@ -945,6 +950,8 @@ mod tests {
             (512, SizeUnit::Kbytes, TimeUnit::Second),
             (100, SizeUnit::Bytes, TimeUnit::Minute),
             (3, SizeUnit::Kbytes, TimeUnit::Day),
+            (128, SizeUnit::Kbytes, TimeUnit::Second),
+            (127, SizeUnit::Kbytes, TimeUnit::Second),
         ] {
             let r = ByteRate { amount, size, unit };
             let limit = byte_limit(&r).expect("fits");

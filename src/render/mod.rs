@@ -521,12 +521,34 @@ pub(crate) fn rate_text(r: &Rate) -> String {
     format!("{}/{} burst {} packets", r.count, r.unit.as_str(), r.burst)
 }
 
-/// Bytes per time unit, with no burst of its own: the kernel's byte bucket already holds
-/// one unit of time's worth (`tokens_max = unit * (rate + burst) / rate`), the "burst 1 s"
-/// of a per-second cap. An explicit burst of one second's worth doubled it: UDP sent at
-/// twice a 2 MiB/s cap for 10 s arrived at 1.17x the cap; without it, 1.08x.
+/// Bytes per time unit. The kernel's byte bucket already holds one unit of time's worth
+/// (`tokens_max = unit * (rate + burst) / rate`), the "burst 1 s" of a per-second cap, so
+/// the burst only tops it up to [`MIN_BYTE_BUCKET`]. An explicit burst of one second's
+/// worth doubled the bucket: UDP sent at twice a 2 MiB/s cap for 10 s arrived at 1.17x the
+/// cap; without it, 1.07x.
 pub(crate) fn byte_rate_text(r: &ByteRate) -> String {
-    format!("{} {}/{}", r.amount, r.size.as_str(), r.unit.as_str())
+    let rate = format!("{} {}/{}", r.amount, r.size.as_str(), r.unit.as_str());
+    match byte_burst(r) {
+        0 => rate,
+        burst => format!("{rate} burst {burst} bytes"),
+    }
+}
+
+/// The smallest bucket a byte cap gets. A packet larger than the bucket can never pass:
+/// GRO and GSO hand the filter chains packets of up to 64 KiB, and conntrack reassembles
+/// fragmented datagrams before them (10,000-byte datagrams under a `4 kbytes/second` cap
+/// never arrived).
+const MIN_BYTE_BUCKET: u64 = 128 * 1024;
+
+/// The burst that tops the kernel's bucket of one unit's worth up to [`MIN_BYTE_BUCKET`]
+/// bytes; 0 (none) for caps of at least that much per unit.
+pub(crate) fn byte_burst(r: &ByteRate) -> u64 {
+    let unit_bytes: u64 = match r.size {
+        crate::config::SizeUnit::Bytes => 1,
+        crate::config::SizeUnit::Kbytes => 1024,
+        crate::config::SizeUnit::Mbytes => 1024 * 1024,
+    };
+    MIN_BYTE_BUCKET.saturating_sub(r.amount.saturating_mul(unit_bytes))
 }
 
 /// Dynamic sets forget a source after twice the rate period, at least a minute.

@@ -137,7 +137,7 @@ impl UdpSink {
         let arrivals = Arc::new(Mutex::new(Vec::new()));
         let (stop2, arrivals2) = (stop.clone(), arrivals.clone());
         std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
+            let mut buf = vec![0u8; 65536];
             while !stop2.load(Ordering::Relaxed) {
                 if let Ok(n) = sock.recv(&mut buf) {
                     if let Ok(mut a) = arrivals2.lock() {
