@@ -991,7 +991,7 @@ fn byte_rate(r: &Sp<String>, diags: &mut Vec<Diagnostic>) -> Option<ByteRate> {
         );
         return None;
     };
-    // The rendered limit has a burst of one second's worth, in bytes.
+    // The kernel's byte bucket holds one second's worth; nft keeps it in 32 bits.
     let unit_bytes: u64 = match rate.size {
         SizeUnit::Bytes => 1,
         SizeUnit::Kbytes => 1024,
@@ -1016,7 +1016,7 @@ fn byte_rate(r: &Sp<String>, diags: &mut Vec<Diagnostic>) -> Option<ByteRate> {
                 format!("byte rate `{}` is too large", r.value),
             )
             .label(why)
-            .help(format!("nftables holds the amount and the burst (one second's worth) in 32 bits: at most {NFT_MAX} and 4095 mbytes/second")),
+            .help(format!("nftables holds the amount and the byte bucket (one second's worth) in 32 bits: at most {NFT_MAX} and 4095 mbytes/second")),
         );
         return None;
     }
