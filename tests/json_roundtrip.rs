@@ -316,10 +316,7 @@ fn the_fixtures_exercise_every_feature() {
             "update @rate6_named { ip6 saddr limit rate over 10/minute",
         ),
         ("rate set timeout", "timeout 120s"),
-        (
-            "byte cap",
-            "limit rate over 512 kbytes/second drop",
-        ),
+        ("byte cap", "limit rate over 512 kbytes/second drop"),
         (
             "log without group",
             "log prefix \"smartproxy blocked refused: \"\n",
