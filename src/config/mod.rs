@@ -9,11 +9,12 @@ pub mod validate;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::diag::{Diagnostic, SourceMap, Sp, Span};
+use crate::diag::{Diagnostic, FileId, SourceMap, Sp, Span};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -344,22 +345,15 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
             files.push(file);
         }
     }
+    let decoded: Vec<_> = files
+        .into_iter()
+        .map(|(display, bytes)| decode(display, bytes, &mut sources))
+        .collect();
+    let results = parse_all(&sources, &decoded);
     let mut parsed = Vec::new();
-    for (display, bytes) in files {
-        let (text, bad_utf8) = match String::from_utf8(bytes) {
-            Ok(text) => (text, None),
-            Err(err) => {
-                let valid = err.utf8_error().valid_up_to();
-                let bytes = err.into_bytes();
-                (
-                    String::from_utf8_lossy(&bytes[..valid]).into_owned(),
-                    Some(valid),
-                )
-            }
-        };
-        let id = sources.add(display.clone(), text);
-        if let Some(offset) = bad_utf8 {
-            diagnostics.push(
+    for (file, result) in decoded.into_iter().zip(results) {
+        match (file, result) {
+            (Decoded::BadUtf8 { id, offset }, _) => diagnostics.push(
                 Diagnostic::error(
                     "E002",
                     Span::new(id, offset..offset),
@@ -367,15 +361,17 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
                 )
                 .label("first invalid byte here")
                 .help("save the route file as UTF-8"),
-            );
-            continue;
+            ),
+            (Decoded::Text { id, display }, Some((raw, diags))) => {
+                diagnostics.extend(diags);
+                let dir = Path::new(&display)
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default();
+                parsed.push((id, dir, raw));
+            }
+            (Decoded::Text { .. }, None) => {}
         }
-        let raw = parse::parse_file(id, &sources.file(id).text, &mut diagnostics);
-        let dir = Path::new(&display)
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        parsed.push((id, dir, raw));
     }
     let config = validate::validate(&parsed, &mut diagnostics);
     crate::diag::sort(&mut diagnostics);
@@ -390,6 +386,87 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
         config,
     }
 }
+
+/// A read file, added to the source map: its text, or where its UTF-8 broke.
+enum Decoded {
+    Text { id: FileId, display: String },
+    BadUtf8 { id: FileId, offset: usize },
+}
+
+/// Adds a file's text to `sources`; invalid UTF-8 keeps the text up to the first bad byte.
+fn decode(display: String, bytes: Vec<u8>, sources: &mut SourceMap) -> Decoded {
+    match String::from_utf8(bytes) {
+        Ok(text) => {
+            let id = sources.add(display.clone(), text);
+            Decoded::Text { id, display }
+        }
+        Err(err) => {
+            let offset = err.utf8_error().valid_up_to();
+            let bytes = err.into_bytes();
+            let text = String::from_utf8_lossy(&bytes[..offset]).into_owned();
+            let id = sources.add(display, text);
+            Decoded::BadUtf8 { id, offset }
+        }
+    }
+}
+
+/// Parses the decoded files (independent of each other, so on several threads) and
+/// returns, in the order of `files`, each text's raw structs and diagnostics (`None` for bad
+/// UTF-8).
+fn parse_all(sources: &SourceMap, files: &[Decoded]) -> Vec<Option<Parsed>> {
+    in_parallel(files, |file| match file {
+        Decoded::Text { id, .. } => {
+            let mut diags = Vec::new();
+            let raw = parse::parse_file(*id, &sources.file(*id).text, &mut diags);
+            Some((raw, diags))
+        }
+        Decoded::BadUtf8 { .. } => None,
+    })
+}
+
+/// `items.iter().map(f).collect()`, on as many threads as the machine offers: the result
+/// is in the order of `items`, never depending on the number of threads. Items may differ
+/// much in cost (a route file of one huge block list next to files of 500 routes), so each
+/// thread takes the next item rather than a fixed share of them.
+pub(crate) fn in_parallel<T, R, F>(items: &[T], f: F) -> Vec<R>
+where
+    T: Sync,
+    R: Send,
+    F: Fn(&T) -> R + Sync,
+{
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(items.len());
+    if threads <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut mine = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(i) else {
+                break mine;
+            };
+            mine.push((i, f(item)));
+        }
+    };
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads).map(|_| scope.spawn(work)).collect();
+        workers
+            .into_iter()
+            .flat_map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    done.sort_unstable_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, result)| result).collect()
+}
+
+/// One file's raw structs and the diagnostics its parse found.
+type Parsed = (parse::RawFile, Vec<Diagnostic>);
 
 /// A path's route files with their bytes, in name order for a directory.
 fn expand(
@@ -456,5 +533,19 @@ fn expand(
                 Vec::new()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn in_parallel_keeps_the_order_of_the_items() {
+        let items: Vec<u64> = (0..1000).collect();
+        // Uneven costs, so that threads finish items out of order.
+        let squares = super::in_parallel(&items, |&i| {
+            let spin = if i % 7 == 0 { 10_000 } else { 1 };
+            (0..spin).fold(i * i, |acc, _| std::hint::black_box(acc))
+        });
+        assert_eq!(squares, items.iter().map(|i| i * i).collect::<Vec<_>>());
     }
 }

@@ -5,7 +5,8 @@
 //! name and never touches the kernel. Each finding is a [`Diagnostic`] with a stable code;
 //! the codes are listed in `docs/diagnostics.md`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -23,12 +24,22 @@ use crate::diag::{Diagnostic, FileId, Sp, Span};
 /// relative to it).
 pub fn validate(files: &[(FileId, PathBuf, RawFile)], diags: &mut Vec<Diagnostic>) -> Config {
     let settings = settings(files, diags);
+    // Routes are checked one file per thread; `order` is set once they are joined.
+    let per_file = super::in_parallel(files, |(_, dir, raw)| {
+        let mut file_diags = Vec::new();
+        let routes: Vec<Route> = raw
+            .routes
+            .iter()
+            .filter_map(|raw_route| route(raw_route, dir, &settings, &mut file_diags))
+            .collect();
+        (routes, file_diags)
+    });
     let mut routes = Vec::new();
-    for (_, dir, raw) in files {
-        for raw_route in &raw.routes {
-            if let Some(route) = route(raw_route, routes.len(), dir, &settings, diags) {
-                routes.push(route);
-            }
+    for (file_routes, file_diags) in per_file {
+        diags.extend(file_diags);
+        for mut route in file_routes {
+            route.order = routes.len();
+            routes.push(route);
         }
     }
     unique_names(&routes, diags);
@@ -250,7 +261,6 @@ fn name_syntax_ok(name: &str) -> bool {
 #[allow(clippy::too_many_lines)]
 fn route(
     raw: &RawRoute,
-    order: usize,
     dir: &Path,
     settings: &Settings,
     diags: &mut Vec<Diagnostic>,
@@ -495,7 +505,8 @@ fn route(
         enabled,
         priority: raw.priority.as_ref().map_or(0, |p| p.value),
         log: raw.log.as_ref().is_some_and(|l| l.value),
-        order,
+        // Its position among the routes of all files, set once they are joined.
+        order: 0,
         protocol,
         ports: ports.iter().map(|p| p.value).collect(),
         ports_span,
@@ -1241,8 +1252,10 @@ fn redirect(
 
 // ---- across routes ----------------------------------------------------------------------
 
+/// Routes are visited in order, so the diagnostics do not depend on the map's (hash)
+/// order; a hash map is several times faster than a `BTreeMap` of 50,000 names.
 fn unique_names(routes: &[Route], diags: &mut Vec<Diagnostic>) {
-    let mut seen: BTreeMap<&str, Span> = BTreeMap::new();
+    let mut seen: HashMap<&str, Span> = HashMap::with_capacity(routes.len());
     for r in routes {
         if let Some(first) = seen.get(r.name.as_str()) {
             diags.push(
@@ -1267,7 +1280,9 @@ fn addresses_meet(a: &[IpAddr], b: &[IpAddr]) -> bool {
 
 /// Routes on the same protocol whose ports overlap and whose addresses intersect conflict
 /// when at least one of them is a kernel route (the kernel would take all the traffic).
-/// Sweep over port ranges sorted by start: cost grows with real overlaps, not route pairs.
+/// Sweep over port ranges sorted by start, comparing each range only with the earlier ones
+/// it can meet ([`Active`]): cost grows with real overlaps, not route pairs, even when
+/// thousands of virtual hosts share one port with addresses of their own.
 fn conflicts(routes: &[Route], diags: &mut Vec<Diagnostic>) {
     let mut entries: Vec<(super::L4, PortRange, usize)> = Vec::new();
     for (i, r) in routes.iter().enumerate().filter(|(_, r)| r.enabled) {
@@ -1279,10 +1294,10 @@ fn conflicts(routes: &[Route], diags: &mut Vec<Diagnostic>) {
     }
     entries.sort();
     let mut reported: BTreeSet<(usize, usize)> = BTreeSet::new();
-    let mut active: Vec<(super::L4, PortRange, usize)> = Vec::new();
-    for &(l4, range, i) in &entries {
-        active.retain(|(al4, ar, _)| *al4 == l4 && ar.last >= range.first);
-        for &(_, other_range, j) in &active {
+    let mut active = Active::new(routes);
+    for (seq, &(l4, range, i)) in entries.iter().enumerate() {
+        active.expire(l4, range.first);
+        for (other_range, j) in active.candidates(&routes[i].addresses) {
             if i == j || !other_range.overlaps(range) {
                 continue;
             }
@@ -1329,7 +1344,103 @@ fn conflicts(routes: &[Route], diags: &mut Vec<Diagnostic>) {
                 .help(help),
             );
         }
-        active.push((l4, range, i));
+        active.insert(seq, range, i);
+    }
+}
+
+/// The sweep's earlier ranges that may still overlap the next one (same protocol, not
+/// ended before its start), keyed by their position in the sweep, with an index of the
+/// routes' addresses so that a route with `addresses` meets only the routes without any
+/// and those sharing one of its addresses.
+struct Active<'a> {
+    routes: &'a [Route],
+    l4: Option<super::L4>,
+    /// Sweep position -> (range, route index).
+    entries: BTreeMap<usize, (PortRange, usize)>,
+    /// (last port, sweep position), smallest first: the next to expire.
+    ends: BinaryHeap<Reverse<(u16, usize)>>,
+    open: BTreeSet<usize>,
+    by_address: BTreeMap<IpAddr, BTreeSet<usize>>,
+}
+
+impl<'a> Active<'a> {
+    fn new(routes: &'a [Route]) -> Self {
+        Self {
+            routes,
+            l4: None,
+            entries: BTreeMap::new(),
+            ends: BinaryHeap::new(),
+            open: BTreeSet::new(),
+            by_address: BTreeMap::new(),
+        }
+    }
+
+    /// Drops the ranges that end before `first`, or all of them on another protocol.
+    fn expire(&mut self, l4: super::L4, first: u16) {
+        if self.l4 != Some(l4) {
+            self.l4 = Some(l4);
+            self.entries.clear();
+            self.ends.clear();
+            self.open.clear();
+            self.by_address.clear();
+        }
+        while let Some(&Reverse((last, seq))) = self.ends.peek() {
+            if last >= first {
+                break;
+            }
+            self.ends.pop();
+            let Some((_, i)) = self.entries.remove(&seq) else {
+                continue;
+            };
+            let addresses = &self.routes[i].addresses;
+            if addresses.is_empty() {
+                self.open.remove(&seq);
+            }
+            for a in addresses {
+                if let Some(set) = self.by_address.get_mut(a) {
+                    set.remove(&seq);
+                    if set.is_empty() {
+                        self.by_address.remove(a);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The earlier ranges whose routes can share an address with `addresses`, in sweep
+    /// order.
+    fn candidates(&self, addresses: &[IpAddr]) -> Vec<(PortRange, usize)> {
+        if addresses.is_empty() {
+            return self.entries.values().copied().collect();
+        }
+        let mut seqs: Vec<usize> = self
+            .open
+            .iter()
+            .chain(
+                addresses
+                    .iter()
+                    .filter_map(|a| self.by_address.get(a))
+                    .flatten(),
+            )
+            .copied()
+            .collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs.iter()
+            .filter_map(|seq| self.entries.get(seq).copied())
+            .collect()
+    }
+
+    fn insert(&mut self, seq: usize, range: PortRange, i: usize) {
+        self.entries.insert(seq, (range, i));
+        self.ends.push(Reverse((range.last, seq)));
+        let addresses = &self.routes[i].addresses;
+        if addresses.is_empty() {
+            self.open.insert(seq);
+        }
+        for a in addresses {
+            self.by_address.entry(*a).or_default().insert(seq);
+        }
     }
 }
 
@@ -1406,4 +1517,51 @@ fn mark_capacity(settings: &Settings, routes: &[Route], diags: &mut Vec<Diagnost
             "widen `ct_mark_mask` to at least {needed} contiguous bits, e.g. \"0xffff0000\""
         )),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write as _;
+
+    /// Thousands of virtual hosts on one port, each on its own address: only the route
+    /// without `addresses` and the one that reuses an address conflict, each pair reported
+    /// once.
+    #[test]
+    fn conflicts_on_a_shared_port_follow_the_addresses() {
+        // More than 255 kernel routes need more than the default 8 mark bits.
+        let mut text = String::from("[settings]\nct_mark_mask = \"0xffff0000\"\n\n");
+        let route = |text: &mut String, name: &str, addresses: &str| {
+            let _ = write!(
+                text,
+                "[[routes]]\nname = \"{name}\"\n[routes.match]\nports = 443\n{addresses}\n\
+                 [routes.action]\ntargets = [{{ host = \"198.51.100.2\", port = 8443 }}]\n\n"
+            );
+        };
+        for i in 0..3000 {
+            let address = format!("addresses = [\"10.0.{}.{}\"]", i / 256, i % 256);
+            route(&mut text, &format!("v{i}"), &address);
+        }
+        route(&mut text, "again", "addresses = [\"10.0.0.5\"]");
+        route(&mut text, "open", "");
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let file = dir.path().join("routes.toml");
+        std::fs::write(&file, text).expect("the temp dir is writable");
+
+        let loaded = crate::config::load(&[file]);
+        let conflicts: Vec<&str> = loaded
+            .diagnostics
+            .iter()
+            .filter(|d| d.code == "E012")
+            .map(|d| d.message.as_str())
+            .collect();
+        assert_eq!(conflicts.len(), 3002, "{:#?}", loaded.diagnostics);
+        let claimed_from = |name: &str| {
+            let message = format!("port `443/tcp` is already claimed by route `{name}`");
+            conflicts.iter().filter(|m| **m == message).count()
+        };
+        // `v5` meets `again` (same address) and `open`; `v6` only `open`.
+        assert_eq!((claimed_from("v5"), claimed_from("v6")), (2, 1));
+        assert_eq!(claimed_from("again"), 1);
+        assert_eq!(loaded.diagnostics.len(), 3002);
+    }
 }
