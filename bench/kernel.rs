@@ -1,1 +1,787 @@
-fn main() {}
+//! Kernel data-plane benchmark (plan/apply): how long `smartproxy plan` and `apply` take at
+//! 1k and 10k routes, how long a one-route change takes (the kernel transaction alone and
+//! the whole `apply` command), and what a 10k-route table costs the traffic it forwards
+//! (iperf3 throughput, connections per second under churn), each divided by plain routing
+//! on the same topology in the same run.
+//!
+//! Run with `cargo bench --bench kernel` as root, with `ip`, `nft`, `iperf3`, `wrk` and
+//! `nginx` (Debian: `apt-get install iperf3 wrk nginx-light`). It prints a Markdown table
+//! for `BENCHMARKS.md`. Everything runs in network namespaces it creates and deletes
+//! (documentation addresses only); the host's ruleset is never touched.
+//!
+//! Topology of the traffic part:
+//!
+//! ```text
+//!  client 192.0.2.2 --- 192.0.2.1 gateway 198.51.100.1 --- 198.51.100.2 backend
+//!         2001:db8:c::2  2001:db8:c::1  2001:db8:1::1        2001:db8:1::2
+//! ```
+//!
+//! Through smartproxy the client connects to the gateway (192.0.2.1:PORT), which DNATs to
+//! the backend and masquerades. Plain routing: the client connects to the backend directly
+//! through the gateway, with no nftables table in the gateway at all. The two alternate,
+//! five runs each; the figure is the median of the per-pair ratios.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use smartproxy::kernel::nft::NftKernel;
+use smartproxy::kernel::Kernel;
+
+const TABLE: &str = "smartproxy";
+/// Timed repetitions of the one-route change (apply command and transaction alike).
+const CHANGE_RUNS: usize = 5;
+/// Timed repetitions of a whole-table apply and of plan.
+const PLAN_RUNS: usize = 3;
+/// Traffic pairs (smartproxy run + plain run).
+const TRAFFIC_PAIRS: usize = 5;
+const IPERF_SECS: u32 = 4;
+const WRK_SECS: u32 = 5;
+const BLOCK_LIST_LEN: usize = 10_000;
+/// Port of route i is BASE_PORT + i (1-based).
+const BASE_PORT: usize = 10_000;
+
+// ---- route files -----------------------------------------------------------------------
+
+/// 10,000 source addresses that do not aggregate into ranges (odd hosts only): odd hosts of
+/// 192.0.2.0/24 (the client, .2, is even: its packets are looked up and pass), of
+/// 203.0.113.0/24 and of 198.51.100.128/25, then odd IPv6 hosts in 2001:db8::/32.
+fn block_list() -> Vec<String> {
+    let mut list: Vec<String> = Vec::with_capacity(BLOCK_LIST_LEN);
+    for h in (1..256).step_by(2) {
+        list.push(format!("\"192.0.2.{h}\""));
+        list.push(format!("\"203.0.113.{h}\""));
+    }
+    for h in (129..256).step_by(2) {
+        list.push(format!("\"198.51.100.{h}\""));
+    }
+    let mut n = 0u32;
+    while list.len() < BLOCK_LIST_LEN {
+        list.push(format!(
+            "\"2001:db8:{:x}::{:x}\"",
+            0x100 + n / 2048,
+            (n % 2048) * 2 + 1
+        ));
+        n += 1;
+    }
+    list
+}
+
+/// Routes 1..=n on ports 10001..; route 1 (iperf3, backend port 5201) and route n (HTTP,
+/// backend port 80) are dual-stack and carry the 10k block list, the others forward to
+/// 198.51.100.x:8080 (`bump` changes route n/2's target port: a one-route change).
+fn route_file(n: usize, block: &[String], bump: bool) -> String {
+    let mut out = String::from("[settings]\nct_mark_mask = \"0xffff0000\"\n");
+    let list = block.join(", ");
+    for i in 1..=n {
+        let _ = write!(
+            out,
+            "\n[[routes]]\nname = \"r{i:05}\"\n[routes.match]\nports = {}\n[routes.action]\n",
+            BASE_PORT + i
+        );
+        if i == 1 || i == n {
+            let port = if i == 1 { 5201 } else { 80 };
+            let _ = writeln!(
+                out,
+                "targets = [{{ host = \"198.51.100.2\", port = {port} }}, {{ host = \"2001:db8:1::2\", port = {port} }}]"
+            );
+            let _ = write!(out, "[routes.action.security]\nip_block_list = [{list}]\n");
+        } else {
+            let port = if bump && i == n / 2 { 8081 } else { 8080 };
+            let _ = writeln!(
+                out,
+                "targets = [{{ host = \"198.51.100.{}\", port = {port} }}]",
+                3 + i % 60
+            );
+        }
+    }
+    out
+}
+
+// ---- processes and namespaces ----------------------------------------------------------
+
+fn smartproxy_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_smartproxy"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?} does not run: {e}"))
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+struct Netns {
+    name: String,
+    children: Vec<Child>,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("spb-{tag}-{}", std::process::id());
+        ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns {
+            name,
+            children: Vec::new(),
+        };
+        ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(args);
+        c
+    }
+
+    fn exec_ok(&self, args: &[&str]) -> String {
+        ok(&mut self.cmd(args))
+    }
+
+    fn spawn(&mut self, args: &[&str]) {
+        let child = self
+            .cmd(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn in namespace");
+        self.children.push(child);
+    }
+
+    fn nft_file(&self, path: &Path) -> Duration {
+        let t = Instant::now();
+        self.exec_ok(&["nft", "-f", path.to_str().expect("utf-8 path")]);
+        t.elapsed()
+    }
+
+    fn has_table(&self) -> bool {
+        run(&mut self.cmd(&["nft", "list", "table", "inet", TABLE]))
+            .status
+            .success()
+    }
+
+    fn delete_table(&self) {
+        if self.has_table() {
+            self.exec_ok(&["nft", "delete", "table", "inet", TABLE]);
+        }
+    }
+
+    /// `smartproxy ARGS` in this namespace with its own state directory; the wall time.
+    fn smartproxy(&self, state: &Path, args: &[&str]) -> Duration {
+        let bin = smartproxy_bin();
+        let mut c = self.cmd(&[bin.to_str().expect("utf-8 path")]);
+        c.args(args)
+            .env("SMARTPROXY_STATE_DIR", state)
+            .env("NO_COLOR", "1");
+        let t = Instant::now();
+        ok(&mut c);
+        t.elapsed()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // SIGTERM first: nginx's master then stops its workers (SIGKILL would orphan them).
+        for c in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn link(a: &Netns, a_if: &str, b: &Netns, b_if: &str, tag: &str) {
+    let (ta, tb) = (format!("spba{tag}"), format!("spbb{tag}"));
+    ok(Command::new("ip").args(["link", "add", &ta, "type", "veth", "peer", "name", &tb]));
+    ok(Command::new("ip").args(["link", "set", &ta, "netns", &a.name, "name", a_if]));
+    ok(Command::new("ip").args(["link", "set", &tb, "netns", &b.name, "name", b_if]));
+    a.exec_ok(&["ip", "link", "set", a_if, "up"]);
+    b.exec_ok(&["ip", "link", "set", b_if, "up"]);
+}
+
+fn addr(ns: &Netns, dev: &str, cidr: &str) {
+    let mut args = vec!["ip", "addr", "add", cidr, "dev", dev];
+    if cidr.contains(':') {
+        args.push("nodad");
+    }
+    ns.exec_ok(&args);
+}
+
+// ---- statistics ------------------------------------------------------------------------
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+fn ms(v: &[Duration]) -> Vec<f64> {
+    v.iter().map(|d| d.as_secs_f64() * 1e3).collect()
+}
+
+fn spread(v: &[f64]) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{lo:.0}–{hi:.0}")
+}
+
+struct Row {
+    what: String,
+    median: String,
+    range: String,
+    goal: String,
+}
+
+fn row(rows: &mut Vec<Row>, what: &str, values: &[f64], unit: &str, goal: String) {
+    let line = Row {
+        what: what.to_owned(),
+        median: format!("{:.0} {unit}", median(values)),
+        range: format!("{} {unit}", spread(values)),
+        goal,
+    };
+    eprintln!(
+        "  {}: {} (range {}) {}",
+        line.what, line.median, line.range, line.goal
+    );
+    rows.push(line);
+}
+
+// ---- plan / apply ----------------------------------------------------------------------
+
+struct Sizes {
+    /// Median kernel transaction of a one-route change, per size.
+    tx_ms: Vec<(usize, f64)>,
+    /// The 10k rendered script (for the traffic part) and the files.
+    script_10k: String,
+}
+
+/// The transaction `apply` would run to go from what is loaded in `ns` to `file`: the
+/// same library calls as `make_plan` (normalise in a throw-away namespace, list the live
+/// table, plan, transaction).
+fn transaction_for(ns: &Netns, file: &Path) -> String {
+    let loaded = smartproxy::config::load(&[file.to_path_buf()]);
+    let cfg = loaded.config.as_ref().expect("route file loads");
+    let model = smartproxy::lower::lower(cfg, &smartproxy::lower::SystemResolver)
+        .unwrap_or_else(|_| panic!("route file lowers"));
+    let script = smartproxy::render::render_script(&model).expect("renders");
+    let listing = NftKernel::default()
+        .normalise(&script, &model.table)
+        .expect("nft accepts the script");
+    let live = ns.exec_ok(&["nft", "-s", "list", "table", "inet", &model.table]);
+    let plan = smartproxy::plan::plan(&model.table, script, listing, Some(live), None, Vec::new());
+    assert!(
+        !plan.replace_table,
+        "a one-route change must not reload the table"
+    );
+    assert_eq!(plan.changes.len(), 1, "exactly one route changes");
+    smartproxy::apply::transaction(&plan)
+}
+
+fn bench_sizes(dir: &Path, rows: &mut Vec<Row>) -> Sizes {
+    let block = block_list();
+    let mut tx_ms = Vec::new();
+    let mut script_10k = String::new();
+    for n in [1_000usize, 10_000] {
+        eprintln!("{n} routes:");
+        let a = dir.join(format!("routes-{n}-a.toml"));
+        let b = dir.join(format!("routes-{n}-b.toml"));
+        std::fs::write(&a, route_file(n, &block, false)).expect("write routes");
+        std::fs::write(&b, route_file(n, &block, true)).expect("write routes");
+        let (a_s, b_s) = (
+            a.to_str().expect("utf-8").to_owned(),
+            b.to_str().expect("utf-8").to_owned(),
+        );
+
+        // Whole-table: plan and apply against an empty kernel, each in a fresh namespace.
+        let (mut plan_new, mut apply_new) = (Vec::new(), Vec::new());
+        for k in 0..PLAN_RUNS {
+            let ns = Netns::new(&format!("p{n}-{k}"));
+            let state = tempfile::tempdir().expect("state dir");
+            plan_new.push(ns.smartproxy(state.path(), &["plan", &a_s]));
+            apply_new.push(ns.smartproxy(state.path(), &["apply", "--auto-approve", &a_s]));
+        }
+        row(
+            rows,
+            &format!("{n} routes: `plan`, empty kernel"),
+            &ms(&plan_new),
+            "ms",
+            String::new(),
+        );
+        row(
+            rows,
+            &format!("{n} routes: `apply` (creates the table)"),
+            &ms(&apply_new),
+            "ms",
+            String::new(),
+        );
+
+        // Incremental: one namespace with the table loaded.
+        let ns = Netns::new(&format!("c{n}"));
+        let state = tempfile::tempdir().expect("state dir");
+        ns.smartproxy(state.path(), &["apply", "--auto-approve", &a_s]);
+        let mut plan_same = Vec::new();
+        let mut plan_one = Vec::new();
+        for _ in 0..PLAN_RUNS {
+            plan_same.push(ns.smartproxy(state.path(), &["plan", &a_s]));
+            plan_one.push(ns.smartproxy(state.path(), &["plan", &b_s]));
+        }
+        row(
+            rows,
+            &format!("{n} routes: `plan`, no change"),
+            &ms(&plan_same),
+            "ms",
+            String::new(),
+        );
+        row(
+            rows,
+            &format!("{n} routes: `plan`, one route changed"),
+            &ms(&plan_one),
+            "ms",
+            String::new(),
+        );
+
+        // The transaction alone: A -> B and B -> A scripts, run alternately with `nft -f`.
+        let tx_ab = dir.join(format!("tx-{n}-ab.nft"));
+        let tx_ba = dir.join(format!("tx-{n}-ba.nft"));
+        std::fs::write(&tx_ab, transaction_for(&ns, &b)).expect("write tx");
+        ns.nft_file(&tx_ab);
+        std::fs::write(&tx_ba, transaction_for(&ns, &a)).expect("write tx");
+        ns.nft_file(&tx_ba);
+        let mut tx = Vec::new();
+        for k in 0..CHANGE_RUNS * 2 {
+            tx.push(ns.nft_file(if k % 2 == 0 { &tx_ab } else { &tx_ba }));
+        }
+        // `ip netns exec` itself (a process + setns), included in the figures above.
+        let mut overhead = Vec::new();
+        for _ in 0..CHANGE_RUNS {
+            let t = Instant::now();
+            ns.exec_ok(&["true"]);
+            overhead.push(t.elapsed());
+        }
+        let tx_median = median(&ms(&tx));
+        tx_ms.push((n, tx_median));
+        let goal = if n == 10_000 {
+            let one_k = tx_ms.first().map_or(f64::NAN, |x| x.1);
+            let met = tx_median < 100.0 && tx_median <= 2.0 * one_k;
+            format!(
+                "< 100 ms and ≤ 2× 1k ({:.2}×): {}",
+                tx_median / one_k,
+                if met { "met" } else { "MISSED" }
+            )
+        } else {
+            String::new()
+        };
+        row(
+            rows,
+            &format!(
+                "{n} routes: one-route change, kernel transaction alone (`nft -f`, {} lines)",
+                std::fs::read_to_string(&tx_ab)
+                    .map(|t| t.lines().count())
+                    .unwrap_or(0)
+            ),
+            &ms(&tx),
+            "ms",
+            goal,
+        );
+        row(
+            rows,
+            "  (of which `ip netns exec true`)",
+            &ms(&overhead),
+            "ms",
+            String::new(),
+        );
+
+        // The whole apply command, alternating B and A.
+        let mut apply_one = Vec::new();
+        for k in 0..CHANGE_RUNS * 2 {
+            let f = if k % 2 == 0 { &b_s } else { &a_s };
+            apply_one.push(ns.smartproxy(state.path(), &["apply", "--auto-approve", f]));
+        }
+        let v = ms(&apply_one);
+        let goal = if n == 10_000 {
+            format!(
+                "< 1500 ms: {}",
+                if median(&v) < 1500.0 { "met" } else { "MISSED" }
+            )
+        } else {
+            String::new()
+        };
+        row(
+            rows,
+            &format!("{n} routes: one-route change, whole `apply --auto-approve`"),
+            &v,
+            "ms",
+            goal,
+        );
+        if n == 10_000 {
+            script_10k = ok(Command::new(smartproxy_bin()).args(["compile", &a_s]));
+        }
+    }
+    Sizes { tx_ms, script_10k }
+}
+
+// ---- traffic -----------------------------------------------------------------------------
+
+struct Topo {
+    client: Netns,
+    gateway: Netns,
+    backend: Netns,
+}
+
+fn topology() -> Topo {
+    let client = Netns::new("cl");
+    let gateway = Netns::new("gw");
+    let backend = Netns::new("be");
+    let pid = std::process::id() % 100_000;
+    link(&client, "eth0", &gateway, "c0", &format!("c{pid}"));
+    link(&backend, "eth0", &gateway, "b0", &format!("b{pid}"));
+    addr(&client, "eth0", "192.0.2.2/24");
+    addr(&client, "eth0", "2001:db8:c::2/64");
+    addr(&gateway, "c0", "192.0.2.1/24");
+    addr(&gateway, "c0", "2001:db8:c::1/64");
+    addr(&gateway, "b0", "198.51.100.1/26");
+    addr(&gateway, "b0", "2001:db8:1::1/64");
+    addr(&backend, "eth0", "198.51.100.2/26");
+    addr(&backend, "eth0", "2001:db8:1::2/64");
+    client.exec_ok(&["ip", "route", "add", "default", "via", "192.0.2.1"]);
+    client.exec_ok(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8:c::1",
+    ]);
+    backend.exec_ok(&["ip", "route", "add", "default", "via", "198.51.100.1"]);
+    backend.exec_ok(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8:1::1",
+    ]);
+    gateway.exec_ok(&[
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+        "net.ipv6.conf.all.forwarding=1",
+    ]);
+    client.exec_ok(&[
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_local_port_range=1024 65000",
+        "net.ipv4.tcp_tw_reuse=1",
+    ]);
+    backend.exec_ok(&["sysctl", "-qw", "net.core.somaxconn=4096"]);
+    Topo {
+        client,
+        gateway,
+        backend,
+    }
+}
+
+fn nginx_conf(dir: &Path) -> PathBuf {
+    let conf = dir.join("nginx.conf");
+    let text = format!(
+        "worker_processes 1;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n\
+           fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n\
+           server {{\n    listen 80 backlog=4096;\n    listen [::]:80 backlog=4096;\n\
+             location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
+        d = dir.display()
+    );
+    std::fs::write(&conf, text).expect("write nginx.conf");
+    conf
+}
+
+fn iperf(t: &Topo, host: &str, port: u16) -> f64 {
+    let out = t.client.exec_ok(&[
+        "timeout",
+        "30",
+        "iperf3",
+        "-J",
+        "-c",
+        host,
+        "-p",
+        &port.to_string(),
+        "-t",
+        &IPERF_SECS.to_string(),
+        "-O",
+        "1",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("iperf3 result")
+        / 1e9
+}
+
+/// Requests per second and socket errors + non-2xx responses reported by wrk.
+fn wrk(t: &Topo, url: &str) -> (f64, u64) {
+    let out = t.client.exec_ok(&[
+        "timeout",
+        "60",
+        "wrk",
+        "-t2",
+        "-c50",
+        &format!("-d{WRK_SECS}s"),
+        "-H",
+        "Connection: close",
+        url,
+    ]);
+    let rps = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("wrk output without Requests/sec:\n{out}"));
+    let mut errors = 0u64;
+    for l in out.lines() {
+        let l = l.trim();
+        if let Some(rest) = l.strip_prefix("Socket errors:") {
+            errors += rest
+                .split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        if let Some(rest) = l.strip_prefix("Non-2xx or 3xx responses:") {
+            errors += rest.trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    (rps, errors)
+}
+
+fn wait_port(ns: &Netns, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let out = run(&mut ns.cmd(&["ss", "-Hltn", &format!("sport = :{port}")]));
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on port {port} in {}", ns.name);
+}
+
+fn bench_traffic(dir: &Path, script_10k: &str, rows: &mut Vec<Row>) {
+    eprintln!("traffic (10k routes, 10k block list on the measured routes):");
+    let mut t = topology();
+    let script = dir.join("table-10k.nft");
+    std::fs::write(&script, script_10k).expect("write script");
+    let ndir = dir.join("nginx");
+    std::fs::create_dir_all(&ndir).expect("nginx dir");
+    let conf = nginx_conf(&ndir);
+    let conf_s = conf.to_str().expect("utf-8").to_owned();
+    t.backend.spawn(&["iperf3", "-s", "-p", "5201"]);
+    t.backend
+        .spawn(&["nginx", "-c", &conf_s, "-g", "daemon off;"]);
+    wait_port(&t.backend, 5201);
+    wait_port(&t.backend, 80);
+    let last_port = u16::try_from(BASE_PORT + 10_000).expect("port fits");
+    let first_port = u16::try_from(BASE_PORT + 1).expect("port fits");
+
+    let load = |t: &Topo| t.gateway.nft_file(&script);
+    // Warm-up (and a check that both paths forward).
+    load(&t);
+    iperf(&t, "192.0.2.1", first_port);
+    wrk(&t, &format!("http://192.0.2.1:{last_port}/"));
+    t.gateway.delete_table();
+    iperf(&t, "198.51.100.2", 5201);
+
+    let (mut tp_sp, mut tp_plain, mut tp_ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cps_sp, mut cps_plain, mut cps_ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let mut wrk_errors = 0u64;
+    for k in 0..TRAFFIC_PAIRS {
+        // Alternate which side goes first.
+        let order = if k % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        let (mut sp, mut plain) = ((0.0, 0.0), (0.0, 0.0));
+        for through in order {
+            if through {
+                load(&t);
+                let g = iperf(&t, "192.0.2.1", first_port);
+                std::thread::sleep(Duration::from_secs(3));
+                let (r, e) = wrk(&t, &format!("http://192.0.2.1:{last_port}/"));
+                wrk_errors += e;
+                sp = (g, r);
+                t.gateway.delete_table();
+            } else {
+                assert!(!t.gateway.has_table(), "plain routing has no table");
+                let g = iperf(&t, "198.51.100.2", 5201);
+                std::thread::sleep(Duration::from_secs(3));
+                let (r, e) = wrk(&t, "http://198.51.100.2/");
+                wrk_errors += e;
+                plain = (g, r);
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        eprintln!(
+            "  pair {k}: iperf3 {:.2} / {:.2} Gbit/s, wrk {:.0} / {:.0} req/s",
+            sp.0, plain.0, sp.1, plain.1
+        );
+        tp_sp.push(sp.0);
+        tp_plain.push(plain.0);
+        tp_ratio.push(sp.0 / plain.0);
+        cps_sp.push(sp.1);
+        cps_plain.push(plain.1);
+        cps_ratio.push(sp.1 / plain.1);
+    }
+    let nginx_errors = std::fs::read_to_string(ndir.join("error.log"))
+        .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
+        .unwrap_or(0);
+
+    let f2 = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (format!("{:.2}", median(v)), format!("{lo:.2}–{hi:.2}"))
+    };
+    let push = |rows: &mut Vec<Row>, what: &str, v: &[f64], unit: &str, goal: String| {
+        let (m, r) = f2(v);
+        eprintln!("  {what}: {m}{unit} ({r}) {goal}");
+        rows.push(Row {
+            what: what.to_owned(),
+            median: format!("{m}{unit}"),
+            range: format!("{r}{unit}"),
+            goal,
+        });
+    };
+    push(
+        rows,
+        "iperf3 TCP through route 1 (10k routes, 10k block list)",
+        &tp_sp,
+        " Gbit/s",
+        String::new(),
+    );
+    push(
+        rows,
+        "iperf3 TCP, plain routing",
+        &tp_plain,
+        " Gbit/s",
+        String::new(),
+    );
+    let r = median(&tp_ratio);
+    push(
+        rows,
+        "throughput ratio (smartproxy / plain, per pair)",
+        &tp_ratio,
+        "×",
+        format!("≥ 0.95: {}", if r >= 0.95 { "met" } else { "MISSED" }),
+    );
+    row(
+        rows,
+        "wrk `Connection: close` through route 10000 (10k block list)",
+        &cps_sp,
+        "req/s",
+        String::new(),
+    );
+    row(
+        rows,
+        "wrk `Connection: close`, plain routing",
+        &cps_plain,
+        "req/s",
+        String::new(),
+    );
+    let r = median(&cps_ratio);
+    push(
+        rows,
+        "new connections/s ratio (smartproxy / plain, per pair)",
+        &cps_ratio,
+        "×",
+        format!(
+            "≥ 0.95: {}; wrk errors {wrk_errors}, nginx error.log lines {nginx_errors}",
+            if r >= 0.95 { "met" } else { "MISSED" }
+        ),
+    );
+}
+
+fn main() {
+    // `cargo bench --bench kernel -- --generate DIR` only writes the route files (10k
+    // routes, and the same with route 5000 changed) to DIR, to profile plan/apply by hand.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--generate") {
+        let dir = PathBuf::from(args.get(i + 1).expect("--generate DIR"));
+        std::fs::create_dir_all(&dir).expect("create DIR");
+        let block = block_list();
+        for (name, bump) in [
+            ("routes-10000-a.toml", false),
+            ("routes-10000-b.toml", true),
+        ] {
+            std::fs::write(dir.join(name), route_file(10_000, &block, bump)).expect("write");
+        }
+        return;
+    }
+    let needed = ["ip", "nft", "unshare", "iperf3", "wrk", "nginx", "ss"];
+    let missing: Vec<&str> = needed.iter().copied().filter(|c| !have(c)).collect();
+    let root = ok(Command::new("id").arg("-u")).trim() == "0";
+    if !root || !missing.is_empty() {
+        eprintln!("kernel bench not run: needs root and {needed:?}; missing {missing:?}");
+        return;
+    }
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut rows = Vec::new();
+    let sizes = bench_sizes(dir.path(), &mut rows);
+    bench_traffic(dir.path(), &sizes.script_10k, &mut rows);
+
+    let mut out = String::new();
+    let _ = writeln!(out, "\n| Measurement | Median | Range | Goal |");
+    let _ = writeln!(out, "|---|---:|---:|---|");
+    for r in &rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            r.what, r.median, r.range, r.goal
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nTransaction medians: {}. Total bench time {:.0} s.",
+        sizes
+            .tx_ms
+            .iter()
+            .map(|(n, m)| format!("{n} routes {m:.0} ms"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    let _ = std::io::stdout().write_all(out.as_bytes());
+}
