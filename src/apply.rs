@@ -7,7 +7,7 @@
 //! set or counter that is about to be recreated), then deletions, then additions, then the
 //! new map elements (their chains exist by then). nft applies all of it or none of it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use crate::kernel::live::{self, Listing, Object};
@@ -95,15 +95,20 @@ fn incremental(table: &str, live: &Listing, desired: &Listing) -> String {
     }
     let live_objects = objects(live);
     let desired_objects = objects(desired);
-    let find = |list: &[(Option<&str>, &Object)], o: &Object| -> Option<String> {
+    // Objects by (kind, name): a lookup per object, not a scan (10k routes hold ~40k).
+    let index = |list: &[(Option<&str>, &'_ Object)]| -> BTreeMap<(String, String), String> {
         list.iter()
-            .find(|(_, x)| x.kind == o.kind && x.name == o.name)
-            .map(|(_, x)| x.text.clone())
+            .map(|(_, o)| ((o.kind.clone(), o.name.clone()), o.text.clone()))
+            .collect()
+    };
+    let (live_index, desired_index) = (index(&live_objects), index(&desired_objects));
+    let find = |idx: &BTreeMap<(String, String), String>, o: &Object| -> Option<String> {
+        idx.get(&(o.kind.clone(), o.name.clone())).cloned()
     };
     // 2. Flush every chain of a changed route (and changed shared chains).
     for (route, o) in &live_objects {
         let route_changed = route.is_some_and(|r| changed.contains(r));
-        let text_changed = find(&desired_objects, o).as_deref() != Some(o.text.as_str());
+        let text_changed = find(&desired_index, o).as_deref() != Some(o.text.as_str());
         if o.kind == "chain" && (route_changed || text_changed) {
             let _ = writeln!(s, "flush chain inet {table} {}", o.name);
         }
@@ -111,7 +116,7 @@ fn incremental(table: &str, live: &Listing, desired: &Listing) -> String {
     // 3. Delete what the desired state lacks or holds differently (chains are only
     //    deleted when gone; a flushed chain is refilled below).
     for (_, o) in &live_objects {
-        let wanted = find(&desired_objects, o);
+        let wanted = find(&desired_index, o);
         let delete = match o.kind.as_str() {
             "chain" => wanted.is_none(),
             _ => wanted.as_deref() != Some(o.text.as_str()),
@@ -124,7 +129,7 @@ fn incremental(table: &str, live: &Listing, desired: &Listing) -> String {
     //    chain, in one table block (nft resolves jumps between them).
     let mut block = String::new();
     for (route, o) in &desired_objects {
-        let before = find(&live_objects, o);
+        let before = find(&live_index, o);
         let route_changed = route.is_some_and(|r| changed.contains(r));
         let add = match o.kind.as_str() {
             "chain" => route_changed || before.as_deref() != Some(o.text.as_str()),
