@@ -665,16 +665,23 @@ impl<'m> Document<'m> {
                     right: text("local"),
                     op: Operator::EQ,
                 });
-                chain = chain
-                    .rule(vec![
+                // Single ports in a hash map, ranges in an interval map (see render).
+                for suffix in ["", "_range"] {
+                    chain = chain.rule(vec![
                         nfproto(f),
-                        local.into(),
-                        vmap(concat(l4_port()), text(format!("@dnat{}", fam_n(f)))),
-                    ])
-                    .rule(vec![vmap(
+                        local.clone().into(),
+                        vmap(
+                            concat(l4_port()),
+                            text(format!("@dnat{}{suffix}", fam_n(f))),
+                        ),
+                    ]);
+                }
+                for suffix in ["", "_range"] {
+                    chain = chain.rule(vec![vmap(
                         concat([vec![payload(fam_ip(f), "daddr")], l4_port()].concat()),
-                        text(format!("@dnat{}_addr", fam_n(f))),
+                        text(format!("@dnat{}_addr{suffix}", fam_n(f))),
                     )]);
+                }
             }
             chain
         };
@@ -715,17 +722,17 @@ impl<'m> Document<'m> {
 
     /// The dispatch maps, in the text script's order.
     fn maps(&mut self, routes: &[KernelRoute]) -> Result<(), RenderError> {
-        let mut dnat = [Vec::new(), Vec::new()];
-        let mut dnat_addr = [Vec::new(), Vec::new()];
+        let mut dnat: [Vec<Element>; 4] = Default::default();
+        let mut dnat_addr: [Vec<Element>; 4] = Default::default();
         let mut filter = Vec::new();
         let mut snat = Vec::new();
         let mut qos = Vec::new();
         for r in routes {
             for f in r.families() {
-                let i = usize::from(f == Family::V6);
                 let chain = format!("n{}_{}", fam_n(f), r.name);
                 for &l4 in &r.l4 {
                     for &p in &r.ports {
+                        let i = 2 * usize::from(f == Family::V6) + usize::from(p.first != p.last);
                         if r.addresses.is_empty() {
                             dnat[i].push(Element::dnat(None, l4, p, &chain));
                         }
@@ -745,15 +752,27 @@ impl<'m> Document<'m> {
                 qos.push(Element::mark(r.mark, format!("qos_cs{q}")));
             }
         }
-        let [dnat4, dnat6] = dnat;
-        let [dnat4_addr, dnat6_addr] = dnat_addr;
+        let [dnat4, dnat4_range, dnat6, dnat6_range] = dnat;
+        let [dnat4_addr, dnat4_addr_range, dnat6_addr, dnat6_addr_range] = dnat_addr;
         let proto_port = || vec![SetType::InetProto, SetType::InetService];
         let with_addr = |a| [vec![a], proto_port()].concat();
         let maps = [
             ("dnat4", proto_port(), dnat4),
+            ("dnat4_range", proto_port(), dnat4_range),
             ("dnat4_addr", with_addr(SetType::Ipv4Addr), dnat4_addr),
+            (
+                "dnat4_addr_range",
+                with_addr(SetType::Ipv4Addr),
+                dnat4_addr_range,
+            ),
             ("dnat6", proto_port(), dnat6),
+            ("dnat6_range", proto_port(), dnat6_range),
             ("dnat6_addr", with_addr(SetType::Ipv6Addr), dnat6_addr),
+            (
+                "dnat6_addr_range",
+                with_addr(SetType::Ipv6Addr),
+                dnat6_addr_range,
+            ),
             ("route_filter", vec![SetType::Mark], filter),
             ("route_snat", vec![SetType::Mark], snat),
             ("route_qos", vec![SetType::Mark], qos),
@@ -763,7 +782,7 @@ impl<'m> Document<'m> {
             // its element texts sorted as strings.
             elements.sort_by(|a, b| a.order.cmp(&b.order));
             let elements: Vec<Expr> = elements.into_iter().map(|e| e.expr).collect();
-            let interval = key.len() > 1;
+            let interval = name.ends_with("_range");
             let map = Map {
                 family: NfFamily::INet,
                 table: Cow::Borrowed(self.table),

@@ -273,9 +273,10 @@ struct RouteSlice {
 /// What a slice of routes adds to the maps and helper chains after the route chains.
 #[derive(Default)]
 struct MapElements {
-    /// `[v4, v6]`.
-    dnat: [Vec<String>; 2],
-    dnat_addr: [Vec<String>; 2],
+    /// `[v4 ports, v4 ranges, v6 ports, v6 ranges]`: single ports go to hash maps, ranges
+    /// to interval maps (nft backs those with pipapo, whose lookup grows with its size).
+    dnat: [Vec<String>; 4],
+    dnat_addr: [Vec<String>; 4],
     filter: Vec<String>,
     snat: Vec<String>,
     qos: Vec<String>,
@@ -324,9 +325,9 @@ impl RouteSlice {
 impl MapElements {
     fn add(&mut self, r: &KernelRoute, mark: &str) {
         for f in r.families() {
-            let i = usize::from(f == Family::V6);
             for l4 in &r.l4 {
                 for p in &r.ports {
+                    let i = 2 * usize::from(f == Family::V6) + usize::from(p.first != p.last);
                     if r.addresses.is_empty() {
                         self.dnat[i].push(format!(
                             "{} . {p} : jump n{}_{}",
@@ -671,8 +672,8 @@ impl<'a> View<'a> {
             elements.append(slice.maps);
         }
         let MapElements {
-            dnat: [dnat4, dnat6],
-            dnat_addr: [dnat4_addr, dnat6_addr],
+            dnat: [dnat4, dnat4_range, dnat6, dnat6_range],
+            dnat_addr: [dnat4_addr, dnat4_addr_range, dnat6_addr, dnat6_addr_range],
             filter,
             snat,
             qos,
@@ -682,31 +683,24 @@ impl<'a> View<'a> {
         } = elements;
         qos_classes.sort_unstable();
         qos_classes.dedup();
+        let ports = "inet_proto . inet_service : verdict";
+        let v4 = "ipv4_addr . inet_proto . inet_service : verdict";
+        let v6 = "ipv6_addr . inet_proto . inet_service : verdict";
+        let dispatch = |name, kind, interval, elements| MapView {
+            name,
+            kind,
+            interval,
+            elements,
+        };
         let maps = vec![
-            MapView {
-                name: "dnat4",
-                kind: "inet_proto . inet_service : verdict",
-                interval: true,
-                elements: dnat4,
-            },
-            MapView {
-                name: "dnat4_addr",
-                kind: "ipv4_addr . inet_proto . inet_service : verdict",
-                interval: true,
-                elements: dnat4_addr,
-            },
-            MapView {
-                name: "dnat6",
-                kind: "inet_proto . inet_service : verdict",
-                interval: true,
-                elements: dnat6,
-            },
-            MapView {
-                name: "dnat6_addr",
-                kind: "ipv6_addr . inet_proto . inet_service : verdict",
-                interval: true,
-                elements: dnat6_addr,
-            },
+            dispatch("dnat4", ports, false, dnat4),
+            dispatch("dnat4_range", ports, true, dnat4_range),
+            dispatch("dnat4_addr", v4, false, dnat4_addr),
+            dispatch("dnat4_addr_range", v4, true, dnat4_addr_range),
+            dispatch("dnat6", ports, false, dnat6),
+            dispatch("dnat6_range", ports, true, dnat6_range),
+            dispatch("dnat6_addr", v6, false, dnat6_addr),
+            dispatch("dnat6_addr_range", v6, true, dnat6_addr_range),
             MapView {
                 name: "route_filter",
                 kind: "mark : verdict",
