@@ -11,6 +11,10 @@ use sha2::{Digest, Sha256};
 
 use crate::kernel::live::{self, Listing};
 
+/// The unit name of table-level settings: never a valid route name, so no route can
+/// collide with it.
+pub const TABLE_UNIT: &str = "(table)";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
@@ -130,20 +134,14 @@ pub fn plan(
 
     match &live {
         None => changes.push(Change {
-            unit: "table".into(),
+            unit: TABLE_UNIT.into(),
             action: Action::Create,
             before: String::new(),
             after: table_outline(&desired),
         }),
         Some(l) => {
-            let (before, after) = (table_unit(l, &desired), table_unit(&desired, l));
-            if before != after {
-                changes.push(Change {
-                    unit: "table".into(),
-                    action: Action::Update,
-                    before,
-                    after,
-                });
+            if let Some(c) = table_update(table_unit(l, &desired), table_unit(&desired, l)) {
+                changes.push(c);
                 summary.change += 1;
             }
         }
@@ -183,14 +181,8 @@ pub fn plan(
     // A shared chain that no route change explains (one left over or made by hand) is a
     // table change of its own: without it the plan would be empty and never repair it.
     if let (Some(l), true) = (&live, changes.is_empty()) {
-        let (before, after) = (l.table_text(), desired.table_text());
-        if before != after {
-            changes.push(Change {
-                unit: "table".into(),
-                action: Action::Update,
-                before,
-                after,
-            });
+        if let Some(c) = table_update(l.table_text(), desired.table_text()) {
+            changes.push(c);
             summary.change += 1;
         }
     }
@@ -216,6 +208,16 @@ pub fn plan(
         desired_listing,
         live_listing,
     }
+}
+
+/// A table-level update, when the texts differ.
+fn table_update(before: String, after: String) -> Option<Change> {
+    (before != after).then(|| Change {
+        unit: TABLE_UNIT.into(),
+        action: Action::Update,
+        before,
+        after,
+    })
 }
 
 /// Table-level text for comparison: the fixed objects, plus the shared chains that both
@@ -282,7 +284,7 @@ fn drift(applied: &Listing, now: &Listing) -> Vec<Drift> {
     let (a, n) = (applied.table_text(), now.table_text());
     if a != n {
         out.push(Drift {
-            unit: "table".into(),
+            unit: TABLE_UNIT.into(),
             diff: unified(&a, &n),
         });
     }
@@ -420,7 +422,7 @@ impl Plan {
 }
 
 fn unit_title(unit: &str) -> String {
-    if unit == "table" {
+    if unit == TABLE_UNIT {
         "table settings".to_owned()
     } else {
         format!("route \"{unit}\"")
@@ -529,7 +531,7 @@ mod tests {
         );
         let p = plan("sp", String::new(), desired, Some(live), None, Vec::new());
         assert_eq!(p.changes.len(), 1, "{:?}", p.changes);
-        assert_eq!(p.changes[0].unit, "table");
+        assert_eq!(p.changes[0].unit, TABLE_UNIT);
         assert_eq!(p.changes[0].action, Action::Update);
         assert!(!p.replace_table, "the shared chain goes on its own");
         assert_eq!(p.summary.change, 1);

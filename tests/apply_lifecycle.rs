@@ -301,7 +301,7 @@ fn text_units(text: &str) -> Vec<String> {
             let rest = rest.trim_end_matches(" {");
             Some(match rest.strip_prefix("route \"") {
                 Some(r) => r.trim_end_matches('"').to_owned(),
-                None => "table".to_owned(),
+                None => "(table)".to_owned(),
             })
         })
         .collect();
