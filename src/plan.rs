@@ -97,10 +97,14 @@ pub struct Plan {
 /// Fingerprint of a listing's configuration: the route units and table text, so counter
 /// values, dynamic-set contents and handles never count.
 pub fn fingerprint(listing: Option<&str>) -> String {
-    let Some(text) = listing else {
+    fingerprint_of(listing.map(live::parse).as_ref())
+}
+
+/// [`fingerprint`] of an already parsed listing (plan parses each listing once).
+fn fingerprint_of(parsed: Option<&Listing>) -> String {
+    let Some(parsed) = parsed else {
         return "sha256:absent".to_owned();
     };
-    let parsed = live::parse(text);
     let mut hasher = Sha256::new();
     hasher.update(parsed.table_text());
     for (name, unit) in &parsed.routes {
@@ -201,8 +205,8 @@ pub fn plan(
         warnings,
         summary,
         fingerprints: Fingerprints {
-            live: fingerprint(live_listing.as_deref()),
-            desired: fingerprint(Some(&desired_listing)),
+            live: fingerprint_of(live.as_ref()),
+            desired: fingerprint_of(Some(&desired)),
         },
         desired_script,
         desired_listing,
