@@ -13,8 +13,9 @@ use crate::model::{
 use crate::render::sanitize_comment;
 
 /// Turns a host name into addresses. `compile`, `plan` and `apply` use the system
-/// resolver; `check` uses none unless `--resolve`; tests use a fixed table.
-pub trait Resolver {
+/// resolver; `check` uses none unless `--resolve`; tests use a fixed table. Routes are
+/// lowered on several threads, so a resolver is shared between them.
+pub trait Resolver: Sync {
     fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, String>;
 }
 
@@ -120,6 +121,9 @@ fn assign_ids(names: &[&str], capacity: u32) -> Vec<u32> {
 }
 
 /// Lowers a validated config. Errors are resolution failures only.
+/// Routes per unit of parallel lowering: enough to outweigh taking the next unit.
+const LOWER_CHUNK: usize = 256;
+
 pub fn lower(config: &Config, resolver: &dyn Resolver) -> Result<Model, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let mask = config.settings.ct_mark_mask;
@@ -140,9 +144,22 @@ pub fn lower(config: &Config, resolver: &dyn Resolver) -> Result<Model, Vec<Diag
     let names: Vec<&str> = kernel_routes.iter().map(|r| r.name.as_str()).collect();
     let ids = assign_ids(&names, capacity);
 
-    let mut kernel = Vec::with_capacity(kernel_routes.len());
-    for (route, id) in kernel_routes.into_iter().zip(ids) {
-        kernel.push(kernel_route(route, id << shift, resolver, &mut diags));
+    // Independent of each other (ids are assigned): lowered in chunks on several threads,
+    // joined in route order.
+    let routes: Vec<(&Route, u32)> = kernel_routes.into_iter().zip(ids).collect();
+    let chunks: Vec<&[(&Route, u32)]> = routes.chunks(LOWER_CHUNK).collect();
+    let lowered = crate::config::in_parallel(&chunks, |chunk| {
+        let mut chunk_diags = Vec::new();
+        let routes: Vec<KernelRoute> = chunk
+            .iter()
+            .map(|&(route, id)| kernel_route(route, id << shift, resolver, &mut chunk_diags))
+            .collect();
+        (routes, chunk_diags)
+    });
+    let mut kernel = Vec::with_capacity(routes.len());
+    for (routes, chunk_diags) in lowered {
+        kernel.extend(routes);
+        diags.extend(chunk_diags);
     }
 
     let userspace = config

@@ -27,14 +27,15 @@ pub fn validate(files: &[(FileId, PathBuf, RawFile)], diags: &mut Vec<Diagnostic
     // Routes are checked one file per thread; `order` is set once they are joined.
     let per_file = super::in_parallel(files, |(_, dir, raw)| {
         let mut file_diags = Vec::new();
-        let routes: Vec<Route> = raw
-            .routes
-            .iter()
-            .filter_map(|raw_route| route(raw_route, dir, &settings, &mut file_diags))
-            .collect();
+        let mut routes = Vec::with_capacity(raw.routes.len());
+        routes.extend(
+            raw.routes
+                .iter()
+                .filter_map(|raw_route| route(raw_route, dir, &settings, &mut file_diags)),
+        );
         (routes, file_diags)
     });
-    let mut routes = Vec::new();
+    let mut routes = Vec::with_capacity(per_file.iter().map(|(r, _)| r.len()).sum());
     for (file_routes, file_diags) in per_file {
         diags.extend(file_diags);
         for mut route in file_routes {
