@@ -15,12 +15,28 @@ use crate::plan::{is_shared_chain, Plan};
 
 /// The script that takes the kernel from `plan.live_listing` to the desired state.
 pub fn transaction(plan: &Plan) -> String {
-    match (&plan.live_listing, plan.replace_table) {
-        (Some(live_text), false) => incremental(
-            &plan.table,
-            &live::parse(live_text),
-            &live::parse(&plan.desired_listing),
-        ),
+    transaction_parsed(plan, &Parsed::of(plan))
+}
+
+/// The listings of a plan, parsed once for [`transaction_parsed`] and [`inverse_parsed`].
+pub struct Parsed {
+    pub live: Option<Listing>,
+    pub desired: Listing,
+}
+
+impl Parsed {
+    pub fn of(plan: &Plan) -> Self {
+        Parsed {
+            live: plan.live_listing.as_deref().map(live::parse),
+            desired: live::parse(&plan.desired_listing),
+        }
+    }
+}
+
+/// [`transaction`] with the plan's listings already parsed.
+pub fn transaction_parsed(plan: &Plan, parsed: &Parsed) -> String {
+    match (&parsed.live, plan.replace_table) {
+        (Some(live), false) => incremental(&plan.table, live, &parsed.desired),
         _ => plan.desired_script.clone(),
     }
 }
@@ -29,12 +45,13 @@ pub fn transaction(plan: &Plan) -> String {
 /// to the live state the plan was made against. `None` when the apply loads the whole
 /// table (then only a full reload restores it).
 pub fn inverse(plan: &Plan) -> Option<String> {
-    match (&plan.live_listing, plan.replace_table) {
-        (Some(live_text), false) => Some(incremental(
-            &plan.table,
-            &live::parse(&plan.desired_listing),
-            &live::parse(live_text),
-        )),
+    inverse_parsed(plan, &Parsed::of(plan))
+}
+
+/// [`inverse`] with the plan's listings already parsed.
+pub fn inverse_parsed(plan: &Plan, parsed: &Parsed) -> Option<String> {
+    match (&parsed.live, plan.replace_table) {
+        (Some(live), false) => Some(incremental(&plan.table, &parsed.desired, live)),
         _ => None,
     }
 }

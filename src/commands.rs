@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::apply;
+use crate::cache;
 use crate::cli::PlanFormat;
 use crate::config;
 use crate::diag;
@@ -52,30 +53,44 @@ fn desired(paths: &[PathBuf], color: bool) -> Result<(crate::model::Model, Strin
     Ok((model, script))
 }
 
+/// A plan with what apply needs beside it: the listings parsed, and the ruleset generation
+/// the live table was read at (see [`cache`]).
+struct Planned {
+    plan: Plan,
+    parsed: apply::Parsed,
+    generation: Option<u32>,
+}
+
 /// Makes a plan for route files against the live kernel (the lock must be held).
 fn make_plan(
     kernel: &dyn Kernel,
     model: &crate::model::Model,
     script: String,
-) -> Result<Plan, i32> {
+) -> Result<Planned, i32> {
     let table = &model.table;
-    let listing = kernel.normalise(&script, table).map_err(|e| {
+    let (desired_text, desired) = cache::desired_listing(kernel, model, &script).map_err(|e| {
         err(format!(
             "nft refused the rendered ruleset (a bug: please report it): {e}"
         ))
     })?;
-    let live = kernel.list_table(table).map_err(err)?;
+    let (live_text, generation) = cache::live_listing(kernel, table).map_err(err)?;
+    let live = live_text.as_deref().map(crate::kernel::live::parse);
     let applied = state::read(table, "applied");
     let facts = preflight::Facts::gather(kernel, table);
     let warnings = preflight::warnings(model, &facts);
-    Ok(plan::plan(
+    let plan = plan::plan_parsed(
         table,
         script,
-        listing,
-        live,
+        (desired_text, &desired),
+        (live_text, live.as_ref()),
         applied.as_deref(),
         warnings,
-    ))
+    );
+    Ok(Planned {
+        plan,
+        parsed: apply::Parsed { live, desired },
+        generation,
+    })
 }
 
 pub fn plan(
@@ -96,7 +111,7 @@ pub fn plan(
         Err(e) => return err(e),
     };
     let p = match make_plan(&kernel, &model, script) {
-        Ok(p) => p,
+        Ok(planned) => planned.plan,
         Err(code) => return code,
     };
     let text = match format {
@@ -164,7 +179,7 @@ pub struct ApplyArgs<'a> {
 
 pub fn apply(a: &ApplyArgs<'_>) -> i32 {
     let kernel = NftKernel::default();
-    let (p, _lock) = if let Some(file) = a.plan_file {
+    let (p, parsed, _lock, generation) = if let Some(file) = a.plan_file {
         let saved: Plan = match std::fs::read_to_string(file)
             .map_err(|e| e.to_string())
             .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
@@ -181,7 +196,7 @@ pub fn apply(a: &ApplyArgs<'_>) -> i32 {
             Ok(l) => l,
             Err(e) => return err(e),
         };
-        let live = match kernel.list_table(&saved.table) {
+        let (live, generation) = match cache::live_listing(&kernel, &saved.table) {
             Ok(l) => l,
             Err(e) => return err(e),
         };
@@ -192,7 +207,8 @@ pub fn apply(a: &ApplyArgs<'_>) -> i32 {
                 file.display()
             ));
         }
-        (saved, lock)
+        let parsed = apply::Parsed::of(&saved);
+        (saved, parsed, lock, generation)
     } else {
         let (model, script) = match desired(a.paths, a.color) {
             Ok(x) => x,
@@ -203,7 +219,7 @@ pub fn apply(a: &ApplyArgs<'_>) -> i32 {
             Err(e) => return err(e),
         };
         match make_plan(&kernel, &model, script) {
-            Ok(p) => (p, lock),
+            Ok(planned) => (planned.plan, planned.parsed, lock, planned.generation),
             Err(code) => return code,
         }
     };
@@ -221,7 +237,7 @@ pub fn apply(a: &ApplyArgs<'_>) -> i32 {
         return code;
     }
     test_pause();
-    let script = apply::transaction(&p);
+    let script = apply::transaction_parsed(&p, &parsed);
     let previous_applied = state::read(&table, "applied");
     // With a confirm timeout the watchdog is armed before the commit: whenever this
     // process dies after the commit, the rollback is already on its way.
@@ -230,7 +246,7 @@ pub fn apply(a: &ApplyArgs<'_>) -> i32 {
             let rollback = match kernel.dump_table(&table) {
                 Ok(dump) => Rollback {
                     full: apply::rollback_script(&table, dump.as_deref()),
-                    quick: apply::inverse(&p),
+                    quick: apply::inverse_parsed(&p, &parsed),
                     fingerprint: plan::fingerprint(p.live_listing.as_deref()),
                 },
                 Err(e) => return err(e),
@@ -250,6 +266,7 @@ pub fn apply(a: &ApplyArgs<'_>) -> i32 {
             "the kernel refused the transaction; nothing was changed:\n{e}"
         ));
     }
+    cache::committed(&kernel, &table, generation, &p.desired_listing);
     if let Err(e) = state::write(&table, "applied", &p.desired_listing) {
         eprintln!("warning: applied, but could not record it for drift detection: {e}");
     }
@@ -514,6 +531,7 @@ pub fn destroy(
     }
     state::remove(&table, "applied");
     state::remove(&table, "rolledback");
+    cache::forget_live(&table);
     disarm_watchdog(&table);
     println!("\nDestroy complete! Table inet {table} removed.");
     EXIT_OK

@@ -4,6 +4,7 @@
 //! targets) -> `model` -> `render` (nft script via templates, nftables JSON).
 
 pub mod apply;
+pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod config;

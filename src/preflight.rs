@@ -81,13 +81,10 @@ fn proc_addr(hex: &str) -> String {
 /// The hooks smartproxy's table uses.
 const HOOKS: [&str; 5] = ["prerouting", "input", "forward", "output", "postrouting"];
 
-fn drop_chains(kernel: &dyn Kernel, ours: &str) -> Vec<(String, String, String, String)> {
-    let Ok(text) = kernel.list_chains_json() else {
-        return Vec::new();
-    };
-    let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return Vec::new();
-    };
+/// Foreign base chains with a drop policy; `None` when the chains cannot be listed.
+fn drop_chains(kernel: &dyn Kernel, ours: &str) -> Option<Vec<(String, String, String, String)>> {
+    let text = kernel.list_chains_json().ok()?;
+    let doc = serde_json::from_str::<serde_json::Value>(&text).ok()?;
     let mut out = Vec::new();
     for item in doc["nftables"].as_array().into_iter().flatten() {
         let c = &item["chain"];
@@ -112,7 +109,7 @@ fn drop_chains(kernel: &dyn Kernel, ours: &str) -> Vec<(String, String, String, 
             ));
         }
     }
-    out
+    Some(out)
 }
 
 impl Facts {
@@ -141,7 +138,9 @@ impl Facts {
         Facts {
             ipv4_forwarding: read_flag("/proc/sys/net/ipv4/ip_forward"),
             ipv6_forwarding: read_flag("/proc/sys/net/ipv6/conf/all/forwarding"),
-            drop_chains: drop_chains(kernel, table),
+            drop_chains: crate::cache::foreign_drop_chains(kernel, table, || {
+                drop_chains(kernel, table)
+            }),
             boot_flush,
             listening: listening(),
             ssh_port,

@@ -46,4 +46,8 @@ impl Kernel for FakeKernel {
     fn list_chains_json(&self) -> Result<String, KernelError> {
         Ok("{\"nftables\": []}".to_owned())
     }
+
+    fn version(&self) -> String {
+        "fake".to_owned()
+    }
 }

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 /// One top-level object of the table, as listed.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Object {
     /// `counter`, `set`, `map` or `chain`.
     pub kind: String,
@@ -67,6 +67,71 @@ impl Listing {
             out.push_str(&o.text);
             out.push('\n');
         }
+        out
+    }
+}
+
+impl Object {
+    /// The object as `nft list` prints it inside a table, with `elements` (for a map).
+    fn write_listed(&self, elements: &[&str], out: &mut String) {
+        let text = self
+            .text
+            .split_once("\nunowned elements: ")
+            .map_or(self.text.as_str(), |(decl, _)| decl);
+        let mut lines = text.lines();
+        let header = lines.next().unwrap_or_default();
+        out.push('\t');
+        out.push_str(header);
+        out.push('\n');
+        for line in lines.filter(|l| *l != "}" && !l.trim().is_empty()) {
+            out.push('\t');
+            out.push_str(line);
+            out.push('\n');
+        }
+        if !elements.is_empty() {
+            out.push_str("\t\telements = { ");
+            out.push_str(&elements.join(", "));
+            out.push_str(" }\n");
+        }
+        out.push_str("\t}\n");
+    }
+}
+
+impl Listing {
+    /// The listing as `nft -s list table inet TABLE` text that [`parse`] reads back into
+    /// an equal listing (the order of objects and elements may differ from nft's).
+    pub fn to_text(&self, table: &str) -> String {
+        let mut out = format!("table inet {table} {{\n");
+        if let Some(c) = &self.table_comment {
+            out.push_str(&format!("\tcomment \"{c}\"\n"));
+        }
+        let mut owned: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for unit in self.routes.values() {
+            for (map, e) in &unit.elements {
+                owned.entry(map.as_str()).or_default().push(e.as_str());
+            }
+        }
+        for o in &self.table {
+            if o.kind == "loose" {
+                for line in o.text.lines() {
+                    out.push('\t');
+                    out.push_str(line);
+                    out.push('\n');
+                }
+                continue;
+            }
+            let mut elements: Vec<&str> = o.elements.iter().map(String::as_str).collect();
+            if o.kind == "map" {
+                elements.extend(owned.get(o.name.as_str()).into_iter().flatten());
+            }
+            o.write_listed(&elements, &mut out);
+        }
+        for unit in self.routes.values() {
+            for o in unit.objects.values() {
+                o.write_listed(&[], &mut out);
+            }
+        }
+        out.push_str("}\n");
         out
     }
 }
@@ -347,6 +412,16 @@ mod tests {
 \t}
 }
 ";
+
+    #[test]
+    fn a_listing_written_as_text_parses_back_to_itself() {
+        let listing = parse(LISTING);
+        let text = listing.to_text("smartproxy");
+        assert_eq!(parse(&text), listing, "{text}");
+        let empty_chain = "table inet t {\n\tchain f_a {\n\t}\n\tmap route_filter {\n\t\ttype mark : verdict\n\t\telements = { 0x1 : jump f_a, 0x2 : jump nowhere }\n\t}\n}\n";
+        let listing = parse(empty_chain);
+        assert_eq!(parse(&listing.to_text("t")), listing);
+    }
 
     #[test]
     fn objects_and_elements_go_to_their_route() {

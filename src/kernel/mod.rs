@@ -4,6 +4,7 @@
 //! Only our own table is ever read (`list table inet NAME`), never the whole ruleset.
 
 pub mod fake;
+pub mod generation;
 pub mod live;
 pub mod nft;
 
@@ -36,4 +37,13 @@ pub trait Kernel {
     fn normalise(&self, script: &str, table: &str) -> Result<String, KernelError>;
     /// Base chains of every table (`nft -j list chains`), for preflight checks.
     fn list_chains_json(&self) -> Result<String, KernelError>;
+    /// The namespace's ruleset generation ([`generation`]), `None` when unknown: every
+    /// committed transaction changes it.
+    fn generation(&self) -> Option<u32> {
+        None
+    }
+    /// What normalises (`nft --version`): a new nft may print the same table differently.
+    fn version(&self) -> String {
+        String::new()
+    }
 }

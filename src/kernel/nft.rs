@@ -105,4 +105,12 @@ impl Kernel for NftKernel {
     fn list_chains_json(&self) -> Result<String, KernelError> {
         exec(&self.nft, &["-j", "list", "chains"], None)
     }
+
+    fn generation(&self) -> Option<u32> {
+        super::generation::current().ok()
+    }
+
+    fn version(&self) -> String {
+        exec(&self.nft, &["--version"], None).unwrap_or_default()
+    }
 }

@@ -24,6 +24,12 @@ const TEMPLATE: &str = include_str!("../../templates/ruleset.nft.j2");
 const ROUTE_OBJECTS_TEMPLATE: &str = include_str!("../../templates/route-objects.nft.j2");
 const ROUTE_CHAINS_TEMPLATE: &str = include_str!("../../templates/route-chains.nft.j2");
 
+/// The templates, for caches of rendered-and-normalised output: another template text is
+/// another output.
+pub(crate) fn template_texts() -> String {
+    [TEMPLATE, ROUTE_OBJECTS_TEMPLATE, ROUTE_CHAINS_TEMPLATE].concat()
+}
+
 /// Words nft 1.0.6 refuses as a table name (each tried with `nft -c`).
 const NFT_KEYWORDS: &[&str] = &[
     "accept",

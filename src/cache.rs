@@ -1,0 +1,309 @@
+//! What plan remembers between runs, so that a one-route change to a table of 10,000
+//! routes does not redo the work of the other 9,999. Both caches live in the state
+//! directory, under the table's lock, and are only ever a shortcut to the same answer:
+//!
+//! - **Normalised routes** (`<table>.normalised`). The kernel's normalisation of a route
+//!   (its counter, sets, chains and map elements, as `nft list` prints them back) depends
+//!   only on the route and on the table's settings. Each route is remembered under a
+//!   digest of its lowered form, the settings, the templates, the smartproxy version, the
+//!   `nft` version and the kernel release; only routes without an entry are normalised,
+//!   in a small scratch table that also holds one route for each shared chain (masquerade,
+//!   QoS classes), so that the table-level part comes out as it would for the whole table.
+//! - **The live table** (`<table>.live`). After a commit, if the namespace's ruleset
+//!   generation ([`crate::kernel::generation`]) moved by exactly one from what the plan
+//!   saw, the kernel holds exactly what the plan wanted, and nothing else was committed in
+//!   between. That listing is remembered with the generation; while the generation stays
+//!   the same, nothing in the namespace has changed, and plan uses it instead of listing
+//!   the table (1 s at 10,000 routes). Any commit by anyone (a rule added by hand, another
+//!   firewall, a rollback) changes the generation, and plan lists the table again.
+//! - **Foreign drop chains** (`<table>.foreign`), the preflight check that lists every
+//!   chain of the namespace (20,000 of them with 10,000 routes): remembered with the
+//!   generation in the same way.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::kernel::live::{self, Listing, Object, RouteUnit};
+use crate::kernel::{Kernel, KernelError};
+use crate::model::{KernelRoute, Model, Snat};
+use crate::state;
+
+const NORMALISED: &str = "normalised";
+const LIVE: &str = "live";
+const FOREIGN: &str = "foreign";
+
+#[derive(Default, Serialize, Deserialize)]
+struct Normalised {
+    /// Digest of everything the table-level part depends on.
+    table_key: String,
+    table_comment: Option<String>,
+    table: Vec<Object>,
+    routes: BTreeMap<String, CachedRoute>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CachedRoute {
+    key: String,
+    objects: Vec<Object>,
+    elements: Vec<(String, String)>,
+    mark: Option<String>,
+}
+
+impl CachedRoute {
+    fn of(key: String, unit: &RouteUnit) -> Self {
+        CachedRoute {
+            key,
+            objects: unit.objects.values().cloned().collect(),
+            elements: unit.elements.clone(),
+            mark: unit.mark.clone(),
+        }
+    }
+
+    fn unit(&self) -> RouteUnit {
+        RouteUnit {
+            objects: self
+                .objects
+                .iter()
+                .map(|o| ((o.kind.clone(), o.name.clone()), o.clone()))
+                .collect(),
+            elements: self.elements.clone(),
+            mark: self.mark.clone(),
+        }
+    }
+}
+
+fn hex_digest(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let mut out = String::with_capacity(64);
+    for b in h.finalize() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// What every normalised unit depends on besides the route itself.
+fn environment_key(kernel: &dyn Kernel, model: &Model) -> String {
+    let templates = crate::render::template_texts();
+    let kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    hex_digest(&[
+        env!("CARGO_PKG_VERSION").as_bytes(),
+        templates.as_bytes(),
+        kernel.version().as_bytes(),
+        kernel_release.as_bytes(),
+        model.table.as_bytes(),
+        &model.mark_mask.to_le_bytes(),
+        &model.log_group.to_le_bytes(),
+    ])
+}
+
+/// The shared chains the routes need: the only way the routes shape the table-level part.
+fn shared_features(routes: &[&KernelRoute]) -> (bool, bool, BTreeSet<u8>) {
+    let masq = routes.iter().any(|r| r.snat == Snat::Masquerade);
+    let random = routes.iter().any(|r| r.snat == Snat::MasqueradeRandom);
+    let qos = routes.iter().filter_map(|r| r.qos).collect();
+    (masq, random, qos)
+}
+
+/// The desired table as the kernel would list it (see the module docs): from the cache
+/// for routes normalised before, by loading a scratch table for the others.
+pub fn desired_listing(
+    kernel: &dyn Kernel,
+    model: &Model,
+    script: &str,
+) -> Result<(String, Listing), KernelError> {
+    let env = environment_key(kernel, model);
+    let all: Vec<&KernelRoute> = model.kernel.iter().collect();
+    let (masq, random, qos) = shared_features(&all);
+    let qos_bytes: Vec<u8> = qos.iter().copied().collect();
+    let table_key = hex_digest(&[
+        env.as_bytes(),
+        &[u8::from(masq), u8::from(random)],
+        &qos_bytes,
+    ]);
+    let keys: Vec<String> = crate::config::in_parallel(&all, |r| {
+        let json = serde_json::to_vec(r).unwrap_or_default();
+        hex_digest(&[env.as_bytes(), &json])
+    });
+
+    let cached: Normalised = state::read(&model.table, NORMALISED)
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let missing: Vec<usize> = (0..all.len())
+        .filter(|&i| {
+            cached
+                .routes
+                .get(&all[i].name)
+                .is_none_or(|c| c.key != keys[i])
+        })
+        .collect();
+
+    let (table_comment, table, fresh) = if missing.is_empty() && cached.table_key == table_key {
+        (
+            cached.table_comment.clone(),
+            cached.table.clone(),
+            Listing::default(),
+        )
+    } else if missing.len() == all.len() {
+        // Nothing to reuse: normalise the script as it is.
+        let fresh = live::parse(&kernel.normalise(script, &model.table)?);
+        (fresh.table_comment.clone(), fresh.table.clone(), fresh)
+    } else {
+        let fresh = live::parse(&normalise_some(kernel, model, &missing)?);
+        (fresh.table_comment.clone(), fresh.table.clone(), fresh)
+    };
+
+    let mut listing = Listing {
+        table,
+        table_comment,
+        routes: BTreeMap::new(),
+    };
+    let mut next = Normalised {
+        table_key,
+        table_comment: listing.table_comment.clone(),
+        table: listing.table.clone(),
+        routes: BTreeMap::new(),
+    };
+    for (route, key) in all.iter().zip(keys) {
+        let unit = match fresh.routes.get(&route.name) {
+            Some(unit) => unit.clone(),
+            None => match cached.routes.get(&route.name).filter(|c| c.key == key) {
+                Some(c) => c.unit(),
+                // A route the kernel lists with nothing of its own (not rendered so far).
+                None => RouteUnit::default(),
+            },
+        };
+        next.routes
+            .insert(route.name.clone(), CachedRoute::of(key, &unit));
+        listing.routes.insert(route.name.clone(), unit);
+    }
+    // Units the kernel attributes to names that are not routes (none today) are kept.
+    for (name, unit) in &fresh.routes {
+        listing
+            .routes
+            .entry(name.clone())
+            .or_insert_with(|| unit.clone());
+    }
+    if let Ok(text) = serde_json::to_string(&next) {
+        let _ = state::write(&model.table, NORMALISED, &text);
+    }
+    Ok((listing.to_text(&model.table), listing))
+}
+
+/// Normalises the routes at `missing` in a scratch table that also holds one route for
+/// each shared chain the whole model needs, so that its table-level part is the model's.
+fn normalise_some(
+    kernel: &dyn Kernel,
+    model: &Model,
+    missing: &[usize],
+) -> Result<String, KernelError> {
+    let mut chosen: BTreeSet<usize> = missing.iter().copied().collect();
+    let routes = &model.kernel;
+    let have = |chosen: &BTreeSet<usize>| {
+        let picked: Vec<&KernelRoute> = chosen.iter().map(|&i| &routes[i]).collect();
+        shared_features(&picked)
+    };
+    let all: Vec<&KernelRoute> = routes.iter().collect();
+    let (masq, random, qos) = shared_features(&all);
+    let (has_masq, has_random, has_qos) = have(&chosen);
+    if masq && !has_masq {
+        chosen.extend(routes.iter().position(|r| r.snat == Snat::Masquerade));
+    }
+    if random && !has_random {
+        chosen.extend(routes.iter().position(|r| r.snat == Snat::MasqueradeRandom));
+    }
+    for class in qos.difference(&has_qos) {
+        chosen.extend(routes.iter().position(|r| r.qos == Some(*class)));
+    }
+    let scratch = Model {
+        table: model.table.clone(),
+        mark_mask: model.mark_mask,
+        log_group: model.log_group,
+        kernel: chosen.iter().map(|&i| routes[i].clone()).collect(),
+        userspace: Vec::new(),
+    };
+    let script = crate::render::render_script(&scratch).map_err(|e| KernelError::Command {
+        cmd: "render".into(),
+        status: "failed".into(),
+        stderr: e.to_string(),
+    })?;
+    kernel.normalise(&script, &model.table)
+}
+
+/// A state file written as `generation\ntext`.
+fn read_generational(table: &str, suffix: &str) -> Option<(u32, String)> {
+    let text = state::read(table, suffix)?;
+    let (generation, rest) = text.split_once('\n')?;
+    Some((generation.parse().ok()?, rest.to_owned()))
+}
+
+/// The live table (`None` when absent) and the generation it was read at, from the cache
+/// when the namespace's generation has not moved since it was recorded.
+pub fn live_listing(
+    kernel: &dyn Kernel,
+    table: &str,
+) -> Result<(Option<String>, Option<u32>), KernelError> {
+    let generation = kernel.generation();
+    if let (Some(now), Some((then, listing))) = (generation, read_generational(table, LIVE)) {
+        if now == then {
+            return Ok((Some(listing), generation));
+        }
+    }
+    Ok((kernel.list_table(table)?, generation))
+}
+
+/// Records what the table holds after our commit of `listing`, when the generation shows
+/// that our commit was the only one since the plan read the table at `planned`.
+pub fn committed(kernel: &dyn Kernel, table: &str, planned: Option<u32>, listing: &str) {
+    match (planned, kernel.generation()) {
+        (Some(before), Some(after)) if after == before.wrapping_add(1) => {
+            if state::write(table, LIVE, &format!("{after}\n{listing}")).is_err() {
+                forget_live(table);
+            }
+            // Our commit touched only our table: what was true of the others still is.
+            match read_generational(table, FOREIGN) {
+                Some((then, text)) if then == before => {
+                    let _ = state::write(table, FOREIGN, &format!("{after}\n{text}"));
+                }
+                _ => state::remove(table, FOREIGN),
+            }
+        }
+        _ => forget_live(table),
+    }
+}
+
+/// Foreign base chains with a drop policy (see [`crate::preflight`]), from the cache while
+/// the generation stays, else from `list`.
+pub fn foreign_drop_chains(
+    kernel: &dyn Kernel,
+    table: &str,
+    list: impl FnOnce() -> Option<Vec<(String, String, String, String)>>,
+) -> Vec<(String, String, String, String)> {
+    let generation = kernel.generation();
+    if let (Some(now), Some((then, text))) = (generation, read_generational(table, FOREIGN)) {
+        if now == then {
+            if let Ok(chains) = serde_json::from_str(&text) {
+                return chains;
+            }
+        }
+    }
+    let Some(chains) = list() else {
+        return Vec::new();
+    };
+    if let (Some(now), Ok(text)) = (generation, serde_json::to_string(&chains)) {
+        let _ = state::write(table, FOREIGN, &format!("{now}\n{text}"));
+    }
+    chains
+}
+
+/// Drops the remembered live table (after destroy, or whenever it may be wrong).
+pub fn forget_live(table: &str) {
+    state::remove(table, LIVE);
+    state::remove(table, FOREIGN);
+}
