@@ -7,7 +7,7 @@
 //! set or counter that is about to be recreated), then deletions, then additions, then the
 //! new map elements (their chains exist by then). nft applies all of it or none of it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use crate::kernel::live::{self, Listing, Object};
@@ -76,6 +76,40 @@ fn objects(l: &Listing) -> Vec<(Option<&str>, &Object)> {
     out
 }
 
+/// Every map element of a listing, as (map, element), in route order.
+fn elements(l: &Listing) -> Vec<(&str, &str)> {
+    l.routes
+        .values()
+        .flat_map(|u| u.elements.iter().map(|(m, e)| (m.as_str(), e.as_str())))
+        .collect()
+}
+
+/// Object texts by (kind, name). Hashed: a 10k-route table holds ~40k objects and as many
+/// elements, and ordered maps of them took most of the time of building a transaction.
+type Index<'a> = HashMap<(&'a str, &'a str), &'a str>;
+
+fn index<'a>(list: &[(Option<&str>, &'a Object)]) -> Index<'a> {
+    list.iter()
+        .map(|(_, o)| ((o.kind.as_str(), o.name.as_str()), o.text.as_str()))
+        .collect()
+}
+
+fn find<'a>(idx: &Index<'a>, o: &Object) -> Option<&'a str> {
+    idx.get(&(o.kind.as_str(), o.name.as_str())).copied()
+}
+
+/// The elements of `list` that `other` lacks, sorted, each once.
+fn only<'a>(list: &[(&'a str, &'a str)], other: &HashSet<(&str, &str)>) -> Vec<(&'a str, &'a str)> {
+    let mut out: Vec<(&str, &str)> = list
+        .iter()
+        .copied()
+        .filter(|pair| !other.contains(pair))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 fn incremental(table: &str, live: &Listing, desired: &Listing) -> String {
     let mut s = String::new();
     let changed: BTreeSet<&str> = live
@@ -85,7 +119,7 @@ fn incremental(table: &str, live: &Listing, desired: &Listing) -> String {
             desired
                 .routes
                 .get(*name)
-                .is_none_or(|d| d.text() != unit.text())
+                .is_none_or(|d| d != *unit && d.text() != unit.text())
         })
         .map(|(name, _)| name.as_str())
         .chain(
@@ -97,35 +131,22 @@ fn incremental(table: &str, live: &Listing, desired: &Listing) -> String {
         )
         .collect();
 
-    let element_set = |l: &Listing| -> BTreeSet<(String, String)> {
-        l.routes
-            .values()
-            .flat_map(|u| u.elements.iter().cloned())
-            .collect()
-    };
-    let live_elements = element_set(live);
-    let desired_elements = element_set(desired);
+    let (live_elements, desired_elements) = (elements(live), elements(desired));
+    let live_set: HashSet<(&str, &str)> = live_elements.iter().copied().collect();
+    let desired_set: HashSet<(&str, &str)> = desired_elements.iter().copied().collect();
 
     // 1. Map elements that go away or change.
-    for (map, e) in live_elements.difference(&desired_elements) {
+    for (map, e) in only(&live_elements, &desired_set) {
         let _ = writeln!(s, "delete element inet {table} {map} {{ {} }}", key_of(e));
     }
     let live_objects = objects(live);
     let desired_objects = objects(desired);
     // Objects by (kind, name): a lookup per object, not a scan (10k routes hold ~40k).
-    let index = |list: &[(Option<&str>, &'_ Object)]| -> BTreeMap<(String, String), String> {
-        list.iter()
-            .map(|(_, o)| ((o.kind.clone(), o.name.clone()), o.text.clone()))
-            .collect()
-    };
     let (live_index, desired_index) = (index(&live_objects), index(&desired_objects));
-    let find = |idx: &BTreeMap<(String, String), String>, o: &Object| -> Option<String> {
-        idx.get(&(o.kind.clone(), o.name.clone())).cloned()
-    };
     // 2. Flush every chain of a changed route (and changed shared chains).
     for (route, o) in &live_objects {
         let route_changed = route.is_some_and(|r| changed.contains(r));
-        let text_changed = find(&desired_index, o).as_deref() != Some(o.text.as_str());
+        let text_changed = find(&desired_index, o) != Some(o.text.as_str());
         if o.kind == "chain" && (route_changed || text_changed) {
             let _ = writeln!(s, "flush chain inet {table} {}", o.name);
         }
@@ -136,7 +157,7 @@ fn incremental(table: &str, live: &Listing, desired: &Listing) -> String {
         let wanted = find(&desired_index, o);
         let delete = match o.kind.as_str() {
             "chain" => wanted.is_none(),
-            _ => wanted.as_deref() != Some(o.text.as_str()),
+            _ => wanted != Some(o.text.as_str()),
         };
         if delete {
             let _ = writeln!(s, "delete {} inet {table} {}", o.kind, o.name);
@@ -149,8 +170,8 @@ fn incremental(table: &str, live: &Listing, desired: &Listing) -> String {
         let before = find(&live_index, o);
         let route_changed = route.is_some_and(|r| changed.contains(r));
         let add = match o.kind.as_str() {
-            "chain" => route_changed || before.as_deref() != Some(o.text.as_str()),
-            _ => before.as_deref() != Some(o.text.as_str()),
+            "chain" => route_changed || before != Some(o.text.as_str()),
+            _ => before != Some(o.text.as_str()),
         };
         if add {
             for line in o.text.lines() {
@@ -162,7 +183,7 @@ fn incremental(table: &str, live: &Listing, desired: &Listing) -> String {
         let _ = write!(s, "table inet {table} {{\n{block}}}\n");
     }
     // 5. New map elements.
-    for (map, e) in desired_elements.difference(&live_elements) {
+    for (map, e) in only(&desired_elements, &live_set) {
         let _ = writeln!(s, "add element inet {table} {map} {{ {e} }}");
     }
     s

@@ -68,22 +68,40 @@ fn make_plan(
     script: String,
 ) -> Result<Planned, i32> {
     let table = &model.table;
-    let (desired_text, desired) = cache::desired_listing(kernel, model, &script).map_err(|e| {
+    // Reading a big live table is mostly the kernel's work (1 s at 10,000 routes): it runs
+    // on its own thread while this one works out the desired table and the preflight facts.
+    let (desired, live, facts, applied, applied_parsed) = std::thread::scope(|scope| {
+        let live = scope.spawn(|| {
+            cache::live_listing(kernel, table).map(|(text, generation)| {
+                let parsed = text.as_deref().map(crate::kernel::live::parse);
+                (text, parsed, generation)
+            })
+        });
+        let desired = cache::desired_listing(kernel, model, &script);
+        let facts = preflight::Facts::gather(kernel, table);
+        let applied = state::read(table, "applied");
+        // Still listing: meanwhile parse what was applied, for the drift section.
+        let applied_parsed = (applied.is_some() && !live.is_finished())
+            .then(|| applied.as_deref().map(crate::kernel::live::parse))
+            .flatten();
+        let live = live
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (desired, live, facts, applied, applied_parsed)
+    });
+    let (desired_text, desired) = desired.map_err(|e| {
         err(format!(
             "nft refused the rendered ruleset (a bug: please report it): {e}"
         ))
     })?;
-    let (live_text, generation) = cache::live_listing(kernel, table).map_err(err)?;
-    let live = live_text.as_deref().map(crate::kernel::live::parse);
-    let applied = state::read(table, "applied");
-    let facts = preflight::Facts::gather(kernel, table);
+    let (live_text, live, generation) = live.map_err(err)?;
     let warnings = preflight::warnings(model, &facts);
     let plan = plan::plan_parsed(
         table,
         script,
         (desired_text, &desired),
         (live_text, live.as_ref()),
-        applied.as_deref(),
+        applied.as_deref().map(|a| (a, applied_parsed.as_ref())),
         warnings,
     );
     Ok(Planned {

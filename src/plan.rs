@@ -136,19 +136,20 @@ pub fn plan(
         desired_script,
         (desired_listing, &desired),
         (live_listing, live.as_ref()),
-        applied,
+        applied.map(|a| (a, None)),
         warnings,
     )
 }
 
 /// [`plan`] of listings already parsed (each listing of 10,000 routes takes ~80 ms to
-/// parse): `desired` and `live` are the texts with their parsed forms.
+/// parse): `desired` and `live` are the texts with their parsed forms, `applied` the text
+/// with its parsed form when the caller had time to parse it.
 pub fn plan_parsed(
     table: &str,
     desired_script: String,
     (desired_listing, desired): (String, &Listing),
     (live_listing, live): (Option<String>, Option<&Listing>),
-    applied: Option<&str>,
+    applied: Option<(&str, Option<&Listing>)>,
     warnings: Vec<String>,
 ) -> Plan {
     let mut changes = Vec::new();
@@ -212,8 +213,9 @@ pub fn plan_parsed(
     }
     let drift = match (applied, live_listing.as_deref(), live) {
         // The same text: nothing drifted (the usual case, and the one without a parse).
-        (Some(applied), Some(now), _) if applied == now => Vec::new(),
-        (Some(applied), Some(_), Some(now)) => drift(&live::parse(applied), now),
+        (Some((applied, _)), Some(now), _) if applied == now => Vec::new(),
+        (Some((_, Some(applied))), Some(_), Some(now)) => drift(applied, now),
+        (Some((applied, None)), Some(_), Some(now)) => drift(&live::parse(applied), now),
         _ => Vec::new(),
     };
     let replace_table = live.is_none() || !table_fixed_equal(live_ref, desired);

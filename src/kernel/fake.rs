@@ -1,23 +1,23 @@
 //! An in-memory kernel for tests: a listed table, the transactions it was given, and an
 //! optional failure. Normalisation is the identity, so tests give listings in nft's form.
 
-use std::cell::RefCell;
+use std::sync::Mutex;
 
 use super::{Kernel, KernelError};
 
 #[derive(Default)]
 pub struct FakeKernel {
-    pub listing: RefCell<Option<String>>,
-    pub transactions: RefCell<Vec<String>>,
+    pub listing: Mutex<Option<String>>,
+    pub transactions: Mutex<Vec<String>>,
     /// When set, `run` fails with this message and changes nothing.
     pub fail_with: Option<String>,
     /// What `run` turns the listing into on success (tests decide the outcome).
-    pub after_run: RefCell<Option<String>>,
+    pub after_run: Mutex<Option<String>>,
 }
 
 impl Kernel for FakeKernel {
     fn list_table(&self, _table: &str) -> Result<Option<String>, KernelError> {
-        Ok(self.listing.borrow().clone())
+        Ok(self.listing.lock().map(|l| l.clone()).unwrap_or_default())
     }
 
     fn dump_table(&self, table: &str) -> Result<Option<String>, KernelError> {
@@ -32,9 +32,12 @@ impl Kernel for FakeKernel {
                 stderr: msg.clone(),
             });
         }
-        self.transactions.borrow_mut().push(script.to_owned());
-        if let Some(next) = self.after_run.borrow_mut().take() {
-            *self.listing.borrow_mut() = Some(next);
+        if let Ok(mut t) = self.transactions.lock() {
+            t.push(script.to_owned());
+        }
+        let next = self.after_run.lock().ok().and_then(|mut n| n.take());
+        if let (Some(next), Ok(mut listing)) = (next, self.listing.lock()) {
+            *listing = Some(next);
         }
         Ok(())
     }

@@ -24,8 +24,9 @@ pub enum KernelError {
     },
 }
 
-/// What plan and apply need from the kernel.
-pub trait Kernel {
+/// What plan and apply need from the kernel. Shared between threads: plan reads the live
+/// table while it works out the desired one.
+pub trait Kernel: Sync {
     /// `nft -s list table inet NAME`: the table without counter values, `None` if absent.
     fn list_table(&self, table: &str) -> Result<Option<String>, KernelError>;
     /// `nft list table inet NAME` with counter values (for rollback), `None` if absent.
