@@ -127,6 +127,33 @@ pub enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 10.0)]
         lock_timeout: f64,
     },
+    /// Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects).
+    ///
+    /// Reloads on SIGHUP and when a route file changes; an invalid file keeps the running
+    /// routes. SIGTERM/SIGINT stop accepting, let open connections finish and exit 0.
+    Serve {
+        /// Route files or directories of `*.toml` files (merged in name order).
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+        /// Seconds a client has to send its TLS ClientHello (and finish the handshake).
+        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+        hello_timeout: f64,
+        /// Seconds to connect to a target before trying the next one.
+        #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+        connect_timeout: f64,
+        /// Seconds without a byte in either direction before a connection is closed.
+        #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+        idle_timeout: f64,
+        /// Seconds open connections get to finish after SIGTERM/SIGINT.
+        #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+        drain_timeout: f64,
+        /// Seconds between checks of the route files for changes (0: only SIGHUP reloads).
+        #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+        watch_interval: f64,
+    },
     /// Internal: the detached confirm-timeout watchdog.
     #[command(name = "__watchdog", hide = true)]
     Watchdog {

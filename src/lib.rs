@@ -15,6 +15,7 @@ pub mod model;
 pub mod plan;
 pub mod preflight;
 pub mod render;
+pub mod serve;
 pub mod state;
 
 use std::ffi::OsString;
@@ -108,6 +109,26 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             token,
             deadline_ms,
         } => commands::watchdog(&table, &token, deadline_ms),
+        Command::Serve {
+            paths,
+            metrics,
+            hello_timeout,
+            connect_timeout,
+            idle_timeout,
+            drain_timeout,
+            watch_interval,
+        } => {
+            let secs = |s: f64| std::time::Duration::from_secs_f64(s.clamp(0.0, 86_400.0 * 365.0));
+            serve::run(serve::Options {
+                paths,
+                metrics,
+                hello_timeout: secs(hello_timeout),
+                connect_timeout: secs(connect_timeout),
+                idle_timeout: secs(idle_timeout).max(std::time::Duration::from_millis(100)),
+                drain_timeout: secs(drain_timeout),
+                watch_interval: secs(watch_interval),
+            })
+        }
         Command::Completions { shell } => {
             let mut out = Vec::new();
             write_completions(shell, &mut out);

@@ -1,0 +1,842 @@
+//! `smartproxy serve`: the userspace engine for the routes the kernel cannot serve (SNI
+//! routing, TLS termination, HTTP redirects, and routes forced to `userspace`).
+//!
+//! One listener per address and port of the userspace routes. A listener with SNI routes
+//! reads the TLS ClientHello first (fed to rustls' `Acceptor` as it arrives, in as many
+//! segments and records as the client sends, up to [`HELLO_MAX`] bytes within the hello
+//! timeout) and keeps the bytes, so that `passthrough` can replay them untouched. Reloads
+//! (SIGHUP, or a changed route file) swap the routes for new connections; connections
+//! already open keep going. SIGTERM/SIGINT stop the listeners, let the open connections
+//! finish (up to the drain timeout) and exit 0.
+
+pub mod metrics;
+pub mod policy;
+pub mod routes;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::{ActionKind, TargetPort, TlsMode};
+use crate::model::UserspaceRoute;
+use metrics::{Metrics, RouteMetrics};
+use policy::Admission;
+use routes::{ListenAddr, Listener};
+
+/// The largest ClientHello serve waits for (post-quantum key shares make them ~2 KB; a
+/// client may pad them much further). Larger ones are refused.
+pub const HELLO_MAX: usize = 64 * 1024;
+/// The largest HTTP request head a redirect route reads.
+const REQUEST_HEAD_MAX: usize = 16 * 1024;
+/// Copy buffer per direction of a proxied connection.
+const COPY_BUFFER: usize = 8 * 1024;
+
+/// What `smartproxy serve` was asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub paths: Vec<PathBuf>,
+    pub metrics: Option<SocketAddr>,
+    pub hello_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+    /// Seconds between checks of the route files' modification times (0 = only SIGHUP).
+    pub watch_interval: Duration,
+}
+
+/// One loaded configuration: what a new connection is routed by.
+struct Running {
+    listeners: BTreeMap<ListenAddr, Arc<Listener>>,
+    /// TLS server configurations of the routes that terminate, by route name.
+    server_tls: HashMap<String, Arc<rustls::ServerConfig>>,
+    /// TLS client configuration for re-encrypting to targets.
+    client_tls: Arc<rustls::ClientConfig>,
+}
+
+struct Shared {
+    options: Options,
+    running: RwLock<Arc<Running>>,
+    metrics: Arc<Metrics>,
+    /// Per-route admission state, by route name (kept across reloads).
+    admissions: std::sync::Mutex<HashMap<String, Arc<Admission>>>,
+    /// Connections open now, for draining.
+    open: AtomicU64,
+    /// Spreads new connections over a route's targets.
+    next: AtomicU64,
+}
+
+impl Shared {
+    fn running(&self) -> Arc<Running> {
+        match self.running.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn admission(&self, route: &str) -> Arc<Admission> {
+        let mut all = match self.admissions.lock() {
+            Ok(a) => a,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        all.entry(route.to_owned()).or_default().clone()
+    }
+}
+
+/// Loads the route files into what serve runs; errors are rendered (file:line:col).
+fn load(options: &Options) -> Result<Running, String> {
+    let loaded = crate::config::load(&options.paths);
+    let rendered = |diags: &[crate::diag::Diagnostic]| {
+        crate::diag::render(&loaded.sources, diags, crate::diag::Format::Text, false)
+    };
+    let Some(cfg) = loaded.config.as_ref() else {
+        return Err(rendered(&loaded.diagnostics));
+    };
+    let model =
+        crate::lower::lower(cfg, &crate::lower::SystemResolver).map_err(|d| rendered(&d))?;
+    let mut server_tls = HashMap::new();
+    for r in &model.userspace {
+        let Some(tls) = &r.tls else { continue };
+        if tls.mode == TlsMode::Passthrough {
+            continue;
+        }
+        let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else {
+            return Err(format!(
+                "route `{}`: TLS termination needs a certificate and key",
+                r.name
+            ));
+        };
+        server_tls.insert(r.name.clone(), Arc::new(server_config(cert, key)?));
+    }
+    Ok(Running {
+        listeners: routes::listeners(&model.userspace)
+            .into_iter()
+            .map(|(a, l)| (a, Arc::new(l)))
+            .collect(),
+        server_tls,
+        client_tls: Arc::new(client_config()?),
+    })
+}
+
+fn server_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::ServerConfig, String> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read `{}`: {e}", p.display()))
+    };
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &read(cert)?[..])
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("`{}`: {e}", cert.display()))?;
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &read(key)?[..])
+        .map_err(|e| format!("`{}`: {e}", key.display()))?
+        .ok_or_else(|| format!("`{}`: no private key", key.display()))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("`{}`: {e}", cert.display()))
+}
+
+/// The client side of re-encryption: the system's roots (`SSL_CERT_FILE` / `SSL_CERT_DIR`
+/// override them, as for OpenSSL).
+fn client_config() -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for cert in found.certs {
+        let _ = roots.add(cert);
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+/// Runs serve until SIGTERM/SIGINT; the exit code.
+pub fn run(options: Options) -> i32 {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+    let running = match load(&options) {
+        Ok(r) => r,
+        Err(e) => {
+            eprint!("{e}");
+            eprintln!("error: serve did not start");
+            return crate::EXIT_ERROR;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return crate::EXIT_ERROR;
+        }
+    };
+    runtime.block_on(serve(options, running))
+}
+
+async fn serve(options: Options, running: Running) -> i32 {
+    let shared = Arc::new(Shared {
+        options: options.clone(),
+        running: RwLock::new(Arc::new(running)),
+        metrics: Arc::new(Metrics::default()),
+        admissions: std::sync::Mutex::new(HashMap::new()),
+        open: AtomicU64::new(0),
+        next: AtomicU64::new(0),
+    });
+    let mut accepting: BTreeMap<ListenAddr, JoinHandle<()>> = BTreeMap::new();
+    if let Err(e) = bind_all(&shared, &mut accepting) {
+        eprintln!("error: {e}");
+        return crate::EXIT_ERROR;
+    }
+    let metrics_task = match options.metrics {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(l) => {
+                info!(%addr, "metrics at http://{addr}/metrics");
+                Some(tokio::spawn(metrics::serve_http(l, shared.metrics.clone())))
+            }
+            Err(e) => {
+                eprintln!("error: cannot listen for metrics on {addr}: {e}");
+                return crate::EXIT_ERROR;
+            }
+        },
+        None => None,
+    };
+    info!(
+        listeners = accepting.len(),
+        "serving {}",
+        accepting
+            .keys()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("error: cannot install signal handlers");
+        return crate::EXIT_ERROR;
+    };
+    let mut stamp = files_stamp(&options.paths);
+    let watch = if options.watch_interval.is_zero() {
+        Duration::from_secs(3600 * 24 * 365)
+    } else {
+        options.watch_interval
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading");
+                reload(&shared, &mut accepting);
+                stamp = files_stamp(&options.paths);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            () = tokio::time::sleep(watch) => {
+                let now = files_stamp(&options.paths);
+                if now != stamp {
+                    // Debounce: an editor or a deploy may still be writing.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let settled = files_stamp(&options.paths);
+                    if settled == now {
+                        info!("route files changed: reloading");
+                        reload(&shared, &mut accepting);
+                        stamp = settled;
+                    }
+                }
+            }
+        }
+    }
+    info!(
+        open = shared.open.load(Ordering::Relaxed),
+        "stopping: no new connections; draining"
+    );
+    for (_, task) in std::mem::take(&mut accepting) {
+        task.abort();
+    }
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    let deadline = Instant::now() + options.drain_timeout;
+    while shared.open.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = shared.open.load(Ordering::Relaxed);
+    if left > 0 {
+        warn!(left, "drain timeout: closing the connections still open");
+    }
+    info!("stopped");
+    crate::EXIT_OK
+}
+
+/// Modification times and sizes of the route files (and the files of route directories).
+fn files_stamp(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    let mut out = Vec::new();
+    for p in paths {
+        let mut files = vec![p.clone()];
+        if let Ok(dir) = std::fs::read_dir(p) {
+            files.extend(dir.filter_map(Result::ok).map(|e| e.path()));
+        }
+        for f in files {
+            let meta = std::fs::metadata(&f).ok();
+            out.push((
+                f,
+                meta.as_ref().and_then(|m| m.modified().ok()),
+                meta.map_or(0, |m| m.len()),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn reload(shared: &Arc<Shared>, accepting: &mut BTreeMap<ListenAddr, JoinHandle<()>>) {
+    match load(&shared.options) {
+        Ok(running) => {
+            let new: Vec<ListenAddr> = running.listeners.keys().copied().collect();
+            match shared.running.write() {
+                Ok(mut r) => *r = Arc::new(running),
+                Err(poisoned) => *poisoned.into_inner() = Arc::new(running),
+            }
+            accepting.retain(|addr, task| {
+                let keep = new.contains(addr);
+                if !keep {
+                    task.abort();
+                    info!(%addr, "listener closed (no route uses it any more)");
+                }
+                keep
+            });
+            if let Err(e) = bind_all(shared, accepting) {
+                warn!("reload: {e}");
+            }
+            shared.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+            info!("reloaded: new connections take the new routes");
+        }
+        Err(e) => {
+            shared
+                .metrics
+                .reload_failures
+                .fetch_add(1, Ordering::Relaxed);
+            for line in e.lines().filter(|l| !l.trim().is_empty()) {
+                warn!("reload refused: {line}");
+            }
+            warn!("reload refused: the running configuration stays");
+        }
+    }
+}
+
+/// Binds the listeners of the running configuration that are not bound yet.
+fn bind_all(
+    shared: &Arc<Shared>,
+    accepting: &mut BTreeMap<ListenAddr, JoinHandle<()>>,
+) -> Result<(), String> {
+    let running = shared.running();
+    for addr in running.listeners.keys() {
+        if accepting.contains_key(addr) {
+            continue;
+        }
+        let listener = bind(*addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let shared = shared.clone();
+        let addr = *addr;
+        accepting.insert(
+            addr,
+            tokio::spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, peer)) => {
+                            let shared = shared.clone();
+                            shared.open.fetch_add(1, Ordering::Relaxed);
+                            tokio::spawn(async move {
+                                connection(&shared, addr, stream, peer).await;
+                                shared.open.fetch_sub(1, Ordering::Relaxed);
+                            });
+                        }
+                        Err(e) => {
+                            warn!(%addr, "accept: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }),
+        );
+    }
+    Ok(())
+}
+
+/// A listening socket; `[::]` is IPv6 only, so that `0.0.0.0` on the same port can coexist.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// What a connection's ClientHello said.
+struct Hello {
+    /// Every byte read from the client so far.
+    bytes: Vec<u8>,
+    accepted: Option<rustls::server::Accepted>,
+    sni: Option<String>,
+}
+
+/// Reads until rustls has a whole ClientHello (or the bytes cannot be one).
+async fn read_hello(stream: &mut TcpStream) -> io::Result<Hello> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut bytes = Vec::with_capacity(2048);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before a ClientHello",
+            ));
+        }
+        if bytes.len() + n > HELLO_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "ClientHello too large",
+            ));
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+        let mut fresh = &chunk[..n];
+        while !fresh.is_empty() {
+            if acceptor.read_tls(&mut fresh)? == 0 {
+                break;
+            }
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => {
+                let sni = accepted.client_hello().server_name().map(str::to_owned);
+                return Ok(Hello {
+                    bytes,
+                    accepted: Some(accepted),
+                    sni,
+                });
+            }
+            Ok(None) => {}
+            Err(_) => {
+                return Ok(Hello {
+                    bytes,
+                    accepted: None,
+                    sni: None,
+                })
+            }
+        }
+    }
+}
+
+async fn connection(
+    shared: &Arc<Shared>,
+    addr: ListenAddr,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let running = shared.running();
+    let Some(listener) = running.listeners.get(&addr).cloned() else {
+        return;
+    };
+    let local = stream.local_addr().unwrap_or(addr);
+    let _ = stream.set_nodelay(true);
+    let hello = if listener.needs_sni() {
+        match tokio::time::timeout(shared.options.hello_timeout, read_hello(&mut stream)).await {
+            Ok(Ok(h)) => Some(h),
+            Ok(Err(e)) => {
+                shared.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
+                info!(%peer, %addr, "no ClientHello: {e}");
+                return;
+            }
+            Err(_) => {
+                shared.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
+                info!(%peer, %addr, "no ClientHello within the hello timeout");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let route = match &hello {
+        Some(h) if h.accepted.is_none() => listener.default.as_ref().filter(|r| r.tls.is_none()),
+        Some(h) => listener.select(h.sni.as_deref()),
+        None => listener.default.as_ref(),
+    };
+    let Some(route) = route.cloned() else {
+        shared.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
+        info!(%peer, %addr, sni = hello.as_ref().and_then(|h| h.sni.as_deref()).unwrap_or("-"), "no route: refused");
+        return;
+    };
+    let metrics = shared.metrics.route(&route.name);
+    let _active = metrics.open();
+    let _ticket = match shared.admission(&route.name).admit(&route, peer.ip()) {
+        Ok(t) => t,
+        Err(why) => {
+            RouteMetrics::add(&metrics.refused, 1);
+            info!(route = %route.name, %peer, "refused: {}", why.as_str());
+            return;
+        }
+    };
+    let result = match (route.kind, route.tls.as_ref().map(|t| t.mode)) {
+        (ActionKind::Block, _) => Ok(()),
+        (ActionKind::Redirect, _) => {
+            redirect(
+                &route,
+                stream,
+                local,
+                hello.map(|h| h.bytes).unwrap_or_default(),
+            )
+            .await
+        }
+        (ActionKind::Forward, Some(TlsMode::Terminate | TlsMode::TerminateAndReencrypt)) => {
+            match hello {
+                Some(Hello {
+                    accepted: Some(accepted),
+                    sni,
+                    ..
+                }) => {
+                    terminate(
+                        shared, &running, &route, &metrics, stream, local, accepted, sni,
+                    )
+                    .await
+                }
+                _ => Err(io::Error::new(io::ErrorKind::InvalidData, "not TLS")),
+            }
+        }
+        (ActionKind::Forward, _) => {
+            let replay = hello.map(|h| h.bytes).unwrap_or_default();
+            match connect(shared, &route, local, peer).await {
+                Ok(mut upstream) => {
+                    let sent = upstream.write_all(&replay).await;
+                    RouteMetrics::add(&metrics.bytes_in, replay.len() as u64);
+                    match sent {
+                        Ok(()) => pipe(shared, stream, upstream, &metrics).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    if let Err(e) = result {
+        RouteMetrics::add(&metrics.errors, 1);
+        info!(route = %route.name, %peer, "connection error: {e}");
+    }
+}
+
+/// The port a target gets for a connection that arrived on `local_port`.
+fn target_port(route: &UserspaceRoute, port: TargetPort, local_port: u16) -> u16 {
+    match port {
+        TargetPort::Fixed { port } => port,
+        TargetPort::Preserve => local_port,
+        TargetPort::Range { first, .. } => {
+            let offset = route
+                .ports
+                .iter()
+                .find(|r| r.first <= local_port && local_port <= r.last)
+                .map_or(0, |r| local_port - r.first);
+            first.saturating_add(offset)
+        }
+    }
+}
+
+/// Connects to the route's targets: the weighted (or affine) pick first, the others on a
+/// connect error or timeout.
+async fn connect(
+    shared: &Shared,
+    route: &UserspaceRoute,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> io::Result<TcpStream> {
+    let weights: Vec<u32> = route.targets.iter().map(|t| t.weight).collect();
+    let pick = match route.affinity {
+        crate::config::Affinity::Source => {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            policy::canonical(peer.ip()).hash(&mut h);
+            h.finish()
+        }
+        crate::config::Affinity::None => shared.next.fetch_add(1, Ordering::Relaxed),
+    };
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the route has no target");
+    for i in policy::target_order(&weights, pick) {
+        let t = &route.targets[i];
+        let port = target_port(route, t.port, local.port());
+        for addr in &t.addrs {
+            let to = SocketAddr::new(*addr, port);
+            match tokio::time::timeout(shared.options.connect_timeout, TcpStream::connect(to)).await
+            {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok(s);
+                }
+                Ok(Err(e)) => {
+                    warn!(route = %route.name, target = %to, "connect failed, trying the next target: {e}");
+                    last = e;
+                }
+                Err(_) => {
+                    warn!(route = %route.name, target = %to, "connect timed out, trying the next target");
+                    last = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connect to {to} timed out"),
+                    );
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn terminate(
+    shared: &Shared,
+    running: &Running,
+    route: &UserspaceRoute,
+    metrics: &Arc<RouteMetrics>,
+    stream: TcpStream,
+    local: SocketAddr,
+    accepted: rustls::server::Accepted,
+    sni: Option<String>,
+) -> io::Result<()> {
+    let Some(config) = running.server_tls.get(&route.name) else {
+        return Err(io::Error::other("no certificate loaded for the route"));
+    };
+    let reencrypt = route
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.mode == TlsMode::TerminateAndReencrypt);
+    let peer = stream.peer_addr()?;
+    let upstream = connect(shared, route, local, peer).await?;
+    if reencrypt {
+        // Offer the client's ALPN list to the target, answer the client with its choice.
+        let offered: Vec<Vec<u8>> = accepted
+            .client_hello()
+            .alpn()
+            .map(|a| a.map(<[u8]>::to_vec).collect())
+            .unwrap_or_default();
+        let mut client_config = (*running.client_tls).clone();
+        client_config.alpn_protocols = offered;
+        let name = sni
+            .clone()
+            .or_else(|| route.targets.first().map(|t| t.host.clone()))
+            .unwrap_or_default();
+        let server_name = ServerName::try_from(name)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let upstream = tokio::time::timeout(
+            shared.options.connect_timeout,
+            tokio_rustls::TlsConnector::from(Arc::new(client_config))
+                .connect(server_name, upstream),
+        )
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake with the target timed out",
+            )
+        })??;
+        let chosen = upstream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        let mut server = (**config).clone();
+        server.alpn_protocols = chosen.into_iter().collect();
+        let client = handshake(shared, accepted, stream, Arc::new(server)).await?;
+        RouteMetrics::add(&metrics.tls_handshakes, 1);
+        pipe(shared, client, upstream, metrics).await
+    } else {
+        let client = handshake(shared, accepted, stream, config.clone()).await?;
+        RouteMetrics::add(&metrics.tls_handshakes, 1);
+        pipe(shared, client, upstream, metrics).await
+    }
+}
+
+async fn handshake(
+    shared: &Shared,
+    accepted: rustls::server::Accepted,
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    let start = tokio_rustls::StartHandshake::from_parts(accepted, stream);
+    tokio::time::timeout(shared.options.hello_timeout, start.into_stream(config))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+}
+
+/// Copies both ways until both sides are done, or nothing moved for the idle timeout.
+async fn pipe<A, B>(shared: &Shared, a: A, b: B, metrics: &Arc<RouteMetrics>) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let last = AtomicU64::new(0);
+    let (ar, aw) = tokio::io::split(a);
+    let (br, bw) = tokio::io::split(b);
+    let up = copy(ar, bw, &metrics.bytes_in, &last, started);
+    let down = copy(br, aw, &metrics.bytes_out, &last, started);
+    let idle = shared.options.idle_timeout;
+    let watch = async {
+        loop {
+            tokio::time::sleep(idle / 4).await;
+            let quiet = started.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
+            if quiet >= idle.as_millis() as u64 {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        (r1, r2) = async { tokio::join!(up, down) } => { r1.and(r2) }
+        () = watch => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+    }
+}
+
+async fn copy<R, W>(
+    mut from: R,
+    mut to: W,
+    counter: &AtomicU64,
+    last: &AtomicU64,
+    started: Instant,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; COPY_BUFFER];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        to.write_all(&buf[..n]).await?;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Answers an HTTP/1.x request with the route's redirect.
+async fn redirect(
+    route: &UserspaceRoute,
+    mut stream: TcpStream,
+    local: SocketAddr,
+    mut head: Vec<u8>,
+) -> io::Result<()> {
+    let Some(target) = &route.redirect else {
+        return Err(io::Error::other(
+            "redirect route without `[routes.action.redirect]`",
+        ));
+    };
+    let mut chunk = [0u8; 2048];
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            if head.len() > REQUEST_HEAD_MAX {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "request head too large",
+                ));
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before a request",
+                ));
+            }
+            head.extend_from_slice(&chunk[..n]);
+        }
+        Ok(())
+    })
+    .await;
+    match read {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no request within 10 s",
+            ))
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    let mut lines = text.split("\r\n");
+    let path = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("/")
+        .to_owned();
+    let host = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_else(|| local.ip().to_string());
+    let host_only = strip_port(&host);
+    let location = target
+        .to
+        .replace("{host}", host_only)
+        .replace("{path}", &path)
+        .replace("{port}", &local.port().to_string());
+    let location: String = location.chars().filter(|c| !c.is_control()).collect();
+    let reason = match target.status {
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        _ => "Redirect",
+    };
+    let answer = format!(
+        "HTTP/1.1 {} {reason}\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        target.status
+    );
+    stream.write_all(answer.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// `example.com:8080` → `example.com`; `[2001:db8::1]:80` → `[2001:db8::1]`.
+fn strip_port(host: &str) -> &str {
+    if let Some(end) = host.find(']') {
+        return &host[..=end];
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_lose_their_port() {
+        assert_eq!(strip_port("example.test:8080"), "example.test");
+        assert_eq!(strip_port("example.test"), "example.test");
+        assert_eq!(strip_port("[2001:db8::1]:80"), "[2001:db8::1]");
+    }
+}
