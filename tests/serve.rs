@@ -1,0 +1,694 @@
+//! `smartproxy serve` with real processes on the loopback interface: certificates made
+//! here (rcgen), TLS clients that verify them (rustls), plain and TLS backends that say who
+//! they are. No root needed.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+// ---------------------------------------------------------------- certificates
+
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_der: CertificateDer<'static>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "smartproxy test CA");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("CA");
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("ca.pem"), cert.pem()).expect("write CA");
+        Pki {
+            ca_der: cert.der().clone(),
+            ca: rcgen::Issuer::new(params, key),
+            dir,
+        }
+    }
+
+    /// A leaf for `names`, written as NAME.pem / NAME.key; returns the file stem.
+    fn leaf(
+        &self,
+        stem: &str,
+        names: &[&str],
+    ) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let params = rcgen::CertificateParams::new(
+            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+        )
+        .expect("params");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.ca).expect("leaf");
+        std::fs::write(self.dir.path().join(format!("{stem}.pem")), cert.pem()).expect("pem");
+        std::fs::write(
+            self.dir.path().join(format!("{stem}.key")),
+            key.serialize_pem(),
+        )
+        .expect("key");
+        (
+            cert.der().clone(),
+            PrivateKeyDer::try_from(key.serialize_der()).expect("key der"),
+        )
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn client(&self, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).expect("root");
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+// ---------------------------------------------------------------- backends
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A backend that answers each connection's first line with `NAME got LINE` and closes.
+struct Backend {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn answer<S: Read + Write>(name: &str, s: &mut S) {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while s.read(&mut byte).map(|n| n == 1).unwrap_or(false) {
+        if byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    let _ = writeln!(s, "{name} got {}", String::from_utf8_lossy(&line));
+    let _ = s.flush();
+}
+
+fn backend(name: &'static str) -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            if flag.load(Ordering::Relaxed) {
+                break;
+            }
+            let Ok(mut s) = s else { continue };
+            thread::spawn(move || {
+                answer(name, &mut s);
+                let _ = s.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    Backend { port, stop }
+}
+
+/// A TLS backend with its own certificate; says which ALPN it agreed.
+fn tls_backend(
+    name: &'static str,
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    alpn: &[&str],
+) -> Backend {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .expect("server config");
+    config.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    let config = Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            if flag.load(Ordering::Relaxed) {
+                break;
+            }
+            let Ok(s) = s else { continue };
+            let config = config.clone();
+            thread::spawn(move || {
+                let Ok(conn) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut tls = rustls::StreamOwned::new(conn, s);
+                let _ = tls.conn.complete_io(&mut tls.sock);
+                let alpn = tls
+                    .conn
+                    .alpn_protocol()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .unwrap_or_else(|| "-".into());
+                let label = format!("{name}[alpn={alpn}]");
+                answer(&label, &mut tls);
+                tls.conn.send_close_notify();
+                let _ = tls.conn.complete_io(&mut tls.sock);
+            });
+        }
+    });
+    Backend { port, stop }
+}
+
+// ---------------------------------------------------------------- serve
+
+struct Serve {
+    child: Child,
+    metrics: u16,
+    stderr: PathBuf,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serve {
+    fn start(routes: &Path, wait_port: u16) -> Serve {
+        let metrics = free_port();
+        let stderr = routes.with_extension("stderr");
+        let child = Command::new(env!("CARGO_BIN_EXE_smartproxy"))
+            .args(["serve", routes.to_str().expect("utf-8")])
+            .args(["--metrics", &format!("127.0.0.1:{metrics}")])
+            .args(["--watch-interval", "0", "--hello-timeout", "3"])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("serve starts");
+        let s = Serve {
+            child,
+            metrics,
+            stderr,
+        };
+        s.wait_for(wait_port);
+        s.wait_for(metrics);
+        s
+    }
+
+    fn wait_for(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "serve does not listen on {port}:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// The metrics as parsed by a Prometheus text-format parser: (name, route label) → value.
+    fn metrics(&self) -> Vec<(String, Option<String>, f64)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.metrics)).expect("metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("request");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("response");
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        let lines = body.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+        scrape
+            .samples
+            .into_iter()
+            .map(|s| {
+                let v = match s.value {
+                    prometheus_parse::Value::Counter(v)
+                    | prometheus_parse::Value::Gauge(v)
+                    | prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                };
+                (s.metric, s.labels.get("route").map(str::to_owned), v)
+            })
+            .collect()
+    }
+
+    fn metric(&self, name: &str, route: Option<&str>) -> f64 {
+        self.metrics()
+            .into_iter()
+            .find(|(n, r, _)| n == name && r.as_deref() == route)
+            .map_or(f64::NAN, |(_, _, v)| v)
+    }
+}
+
+// ---------------------------------------------------------------- clients
+
+/// A TLS client: sends `line`, returns what came back and the certificate it verified.
+fn tls_get(
+    config: &Arc<rustls::ClientConfig>,
+    port: u16,
+    name: &str,
+    line: &str,
+) -> Result<(String, CertificateDer<'static>), String> {
+    let server_name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
+    let conn =
+        rustls::ClientConnection::new(config.clone(), server_name).map_err(|e| e.to_string())?;
+    let sock = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    let mut reader = BufReader::new(&mut tls);
+    reader.read_line(&mut out).map_err(|e| e.to_string())?;
+    let cert = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first().cloned())
+        .ok_or("no certificate")?;
+    Ok((out.trim_end().to_owned(), cert))
+}
+
+fn plain_get(port: u16, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(request).expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+// ---------------------------------------------------------------- the tests
+
+fn route(name: &str, port: u16, domains: &[&str], target: u16, tls: &str) -> String {
+    let domains = if domains.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "domains = [{}]\n",
+            domains
+                .iter()
+                .map(|d| format!("\"{d}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    format!(
+        "\n[[routes]]\nname = \"{name}\"\n[routes.match]\nports = {port}\naddresses = [\"127.0.0.1\"]\n{domains}\
+         [routes.action]\nforwarding_engine = \"userspace\"\ntargets = [{{ host = \"127.0.0.1\", port = {target} }}]\n{tls}"
+    )
+}
+
+fn terminate(stem: &str) -> String {
+    format!(
+        "[routes.action.tls]\nmode = \"terminate\"\ncertificate = {{ cert = \"{stem}.pem\", key = \"{stem}.key\" }}\n"
+    )
+}
+
+#[test]
+fn sni_routes_terminate_passthrough_default_and_unknown_names() {
+    let pki = Pki::new();
+    let (alpha_cert, _) = pki.leaf("alpha", &["alpha.example.test"]);
+    let (beta_cert, _) = pki.leaf("beta", &["beta.example.test"]);
+    let (wild_cert, _) = pki.leaf("wild", &["*.example.test"]);
+    let (default_cert, _) = pki.leaf("default", &["127.0.0.1", "default.example.test"]);
+    let (pass_cert, pass_key) = pki.leaf("pass", &["pass.example.test"]);
+    let (a, b, w, d) = (
+        backend("alpha"),
+        backend("beta"),
+        backend("wild"),
+        backend("default"),
+    );
+    let p = tls_backend("pass", pass_cert.clone(), pass_key, &["h2", "http/1.1"]);
+    let port = free_port();
+    let mut text = String::new();
+    text += &route(
+        "alpha",
+        port,
+        &["alpha.example.test"],
+        a.port,
+        &terminate("alpha"),
+    );
+    text += &route(
+        "beta",
+        port,
+        &["beta.example.test"],
+        b.port,
+        &terminate("beta"),
+    );
+    text += &route(
+        "wild",
+        port,
+        &["*.example.test"],
+        w.port,
+        &terminate("wild"),
+    );
+    text += &route(
+        "pass",
+        port,
+        &["pass.example.test"],
+        p.port,
+        "[routes.action.tls]\nmode = \"passthrough\"\n",
+    );
+    text += &route("fallback", port, &[], d.port, &terminate("default"));
+    let file = pki.path("routes.toml");
+    std::fs::write(&file, text).expect("write routes");
+    let serve = Serve::start(&file, port);
+    let client = pki.client(&["h2", "http/1.1"]);
+    // Serve::start's probe connection closed without a ClientHello: that one is unrouted.
+    thread::sleep(Duration::from_millis(200));
+    let unrouted_before = serve.metric("smartproxy_serve_unrouted_total", None);
+
+    let (got, cert) = tls_get(&client, port, "alpha.example.test", "one").expect("alpha");
+    assert_eq!(got, "alpha got one");
+    assert_eq!(cert, alpha_cert, "alpha's certificate");
+    let (got, cert) = tls_get(&client, port, "beta.example.test", "two").expect("beta");
+    assert_eq!(got, "beta got two");
+    assert_eq!(cert, beta_cert, "beta's certificate");
+    let (got, cert) = tls_get(&client, port, "api.example.test", "three").expect("wildcard");
+    assert_eq!(got, "wild got three");
+    assert_eq!(cert, wild_cert);
+    // Passthrough: the backend's own certificate and ALPN reach the client untouched.
+    let (got, cert) = tls_get(&client, port, "pass.example.test", "four").expect("passthrough");
+    assert_eq!(got, "pass[alpn=h2] got four");
+    assert_eq!(cert, pass_cert, "the backend's own certificate");
+    // No SNI (rustls sends none for an IP address): the route without domains.
+    let (got, cert) = tls_get(&client, port, "127.0.0.1", "five").expect("default");
+    assert_eq!(got, "default got five");
+    assert_eq!(cert, default_cert);
+    // A name nobody claims goes to the default route too; its certificate does not match.
+    assert!(tls_get(&client, port, "nobody.other.test", "six").is_err());
+
+    let m = |name: &str, route: &str| serve.metric(name, Some(route));
+    assert_eq!(m("smartproxy_serve_connections_total", "alpha"), 1.0);
+    assert_eq!(m("smartproxy_serve_tls_handshakes_total", "beta"), 1.0);
+    assert_eq!(m("smartproxy_serve_tls_handshakes_total", "pass"), 0.0);
+    assert_eq!(m("smartproxy_serve_connections_total", "pass"), 1.0);
+    assert_eq!(
+        m("smartproxy_serve_bytes_in_total", "alpha"),
+        4.0,
+        "\"one\\n\""
+    );
+    assert_eq!(
+        m("smartproxy_serve_bytes_out_total", "alpha"),
+        "alpha got one\n".len() as f64
+    );
+    assert_eq!(m("smartproxy_serve_connections_total", "fallback"), 2.0);
+    // The connection task ends a moment after the client has its answer.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while m("smartproxy_serve_connections_active", "alpha") != 0.0 {
+        assert!(Instant::now() < deadline, "alpha's connection never closed");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        serve.metric("smartproxy_serve_unrouted_total", None),
+        unrouted_before,
+        "every client found a route"
+    );
+}
+
+#[test]
+fn unknown_names_without_a_default_are_refused_and_counted() {
+    let pki = Pki::new();
+    pki.leaf("alpha", &["alpha.example.test"]);
+    let a = backend("alpha");
+    let port = free_port();
+    let file = pki.path("routes.toml");
+    std::fs::write(
+        &file,
+        route(
+            "alpha",
+            port,
+            &["alpha.example.test"],
+            a.port,
+            &terminate("alpha"),
+        ),
+    )
+    .expect("write");
+    let serve = Serve::start(&file, port);
+    let client = pki.client(&[]);
+    assert!(tls_get(&client, port, "other.example.test", "x").is_err());
+    // Garbage, and a ClientHello cut short, do not disturb anyone else.
+    plain_get(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    plain_get(port, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]);
+    let (got, _) = tls_get(&client, port, "alpha.example.test", "ok").expect("alpha still served");
+    assert_eq!(got, "alpha got ok");
+    let unrouted = serve.metric("smartproxy_serve_unrouted_total", None);
+    assert!(
+        unrouted >= 3.0,
+        "unknown SNI, garbage and truncated hello counted: {unrouted}"
+    );
+}
+
+#[test]
+fn a_client_hello_in_one_byte_segments_still_routes() {
+    let pki = Pki::new();
+    pki.leaf("alpha", &["alpha.example.test"]);
+    let a = backend("alpha");
+    let port = free_port();
+    let file = pki.path("routes.toml");
+    std::fs::write(
+        &file,
+        route(
+            "alpha",
+            port,
+            &["alpha.example.test"],
+            a.port,
+            &terminate("alpha"),
+        ),
+    )
+    .expect("write");
+    let _serve = Serve::start(&file, port);
+    let client = pki.client(&[]);
+    let mut conn = rustls::ClientConnection::new(
+        client,
+        ServerName::try_from("alpha.example.test").expect("name"),
+    )
+    .expect("client");
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).expect("hello bytes");
+    assert!(hello.len() > 100);
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    sock.set_nodelay(true).expect("nodelay");
+    sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    for byte in &hello {
+        sock.write_all(std::slice::from_ref(byte))
+            .expect("one byte");
+        thread::sleep(Duration::from_micros(300));
+    }
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(b"slow\n").expect("request");
+    let mut out = String::new();
+    BufReader::new(&mut tls)
+        .read_line(&mut out)
+        .expect("answer");
+    assert_eq!(out.trim_end(), "alpha got slow");
+}
+
+#[test]
+fn redirects_answer_with_the_location() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let file = dir.path().join("routes.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[routes]]\nname = \"to-https\"\n[routes.match]\nports = {port}\naddresses = [\"127.0.0.1\"]\n\
+             [routes.action]\ntype = \"redirect\"\n[routes.action.redirect]\nto = \"https://{{host}}{{path}}\"\nstatus = 308\n"
+        ),
+    )
+    .expect("write");
+    let _serve = Serve::start(&file, port);
+    let answer = plain_get(
+        port,
+        b"GET /a/b?c=1 HTTP/1.1\r\nHost: www.example.test:8080\r\n\r\n",
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 308 Permanent Redirect\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("\r\nLocation: https://www.example.test/a/b?c=1\r\n"),
+        "{answer}"
+    );
+}
+
+#[test]
+fn reload_moves_a_route_and_an_invalid_file_keeps_the_old_one() {
+    let pki = Pki::new();
+    pki.leaf("alpha", &["alpha.example.test"]);
+    let (old, new) = (backend("old"), backend("new"));
+    let port = free_port();
+    let file = pki.path("routes.toml");
+    let write = |target: u16| {
+        std::fs::write(
+            &file,
+            route(
+                "alpha",
+                port,
+                &["alpha.example.test"],
+                target,
+                &terminate("alpha"),
+            ),
+        )
+        .expect("write")
+    };
+    write(old.port);
+    let serve = Serve::start(&file, port);
+    let client = pki.client(&[]);
+    let get = || tls_get(&client, port, "alpha.example.test", "x").map(|(g, _)| g);
+    assert_eq!(get().as_deref(), Ok("old got x"));
+
+    // A bounded client loop across a SIGHUP that moves the route (two clients, up to
+    // 12,500 requests each or 20 s): no request fails, the ones after the reload move.
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let loop_client = client.clone();
+            let flag = stop.clone();
+            thread::spawn(move || {
+                let (mut ok, mut failed, mut new_seen) = (0u32, Vec::new(), 0u32);
+                while !flag.load(Ordering::Relaxed)
+                    && started.elapsed() < Duration::from_secs(20)
+                    && ok + (failed.len() as u32) < 12_500
+                {
+                    match tls_get(&loop_client, port, "alpha.example.test", "x") {
+                        Ok((g, _)) => {
+                            ok += 1;
+                            if g == "new got x" {
+                                new_seen += 1;
+                            }
+                        }
+                        Err(e) => failed.push(e),
+                    }
+                }
+                (ok, failed, new_seen)
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(8));
+    write(new.port);
+    serve.signal("HUP");
+    let (mut ok, mut failed, mut new_seen) = (0, Vec::new(), 0);
+    for c in clients {
+        let (o, f, n) = c.join().expect("client loop");
+        ok += o;
+        failed.extend(f);
+        new_seen += n;
+    }
+    stop.store(true, Ordering::Relaxed);
+    eprintln!(
+        "reload under load: {ok} requests in {:?}, {} after the reload went to the new backend",
+        started.elapsed(),
+        new_seen
+    );
+    assert!(
+        failed.is_empty(),
+        "failed requests across the reload: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 1000 && new_seen > 0, "ok {ok}, new {new_seen}");
+    assert_eq!(get().as_deref(), Ok("new got x"));
+
+    // An invalid file: refused with file:line:col, the running routes stay.
+    std::fs::write(&file, "[[routes]]\nname = \"Bad Name\"\n").expect("write");
+    serve.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while serve.metric("smartproxy_serve_reload_failures_total", None) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "reload failure not counted:\n{}",
+            serve.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get().as_deref(), Ok("new got x"));
+    assert!(
+        serve.log().contains("routes.toml:2:"),
+        "the error names file and line:\n{}",
+        serve.log()
+    );
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let pki = Pki::new();
+    pki.leaf("alpha", &["alpha.example.test"]);
+    let a = backend("alpha");
+    let port = free_port();
+    let file = pki.path("routes.toml");
+    std::fs::write(
+        &file,
+        route(
+            "alpha",
+            port,
+            &["alpha.example.test"],
+            a.port,
+            &terminate("alpha"),
+        ),
+    )
+    .expect("write");
+    let mut serve = Serve::start(&file, port);
+    serve.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = serve.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not stop:\n{}",
+            serve.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}:\n{}", serve.log());
+    assert!(
+        TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_err(),
+        "nothing listens after the stop"
+    );
+}
