@@ -205,6 +205,10 @@ impl Drop for Serve {
 
 impl Serve {
     fn start(routes: &Path, wait_port: u16) -> Serve {
+        Serve::start_with(routes, wait_port, &[])
+    }
+
+    fn start_with(routes: &Path, wait_port: u16, env: &[(&str, &Path)]) -> Serve {
         let metrics = free_port();
         let stderr = routes.with_extension("stderr");
         let child = Command::new(env!("CARGO_BIN_EXE_smartproxy"))
@@ -212,6 +216,7 @@ impl Serve {
             .args(["--metrics", &format!("127.0.0.1:{metrics}")])
             .args(["--watch-interval", "0", "--hello-timeout", "3"])
             .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
@@ -691,4 +696,132 @@ fn sigterm_drains_and_exits_zero() {
         TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_err(),
         "nothing listens after the stop"
     );
+}
+
+#[test]
+fn reencrypt_verifies_the_target_and_passes_alpn_on() {
+    let pki = Pki::new();
+    let (front_cert, _) = pki.leaf("front", &["app.example.test"]);
+    let (back_cert, back_key) = pki.leaf("back", &["app.example.test"]);
+    let back = tls_backend("back", back_cert.clone(), back_key, &["h2", "http/1.1"]);
+    // A target whose certificate no trusted CA signed.
+    let rogue_pki = Pki::new();
+    let (rogue_cert, rogue_key) = rogue_pki.leaf("rogue", &["rogue.example.test"]);
+    let rogue = tls_backend("rogue", rogue_cert, rogue_key, &[]);
+    let port = free_port();
+    let reencrypt = |stem: &str| {
+        format!(
+            "[routes.action.tls]\nmode = \"terminate-and-reencrypt\"\ncertificate = {{ cert = \"{stem}.pem\", key = \"{stem}.key\" }}\n"
+        )
+    };
+    pki.leaf("rogue-front", &["rogue.example.test"]);
+    let mut text = route(
+        "app",
+        port,
+        &["app.example.test"],
+        back.port,
+        &reencrypt("front"),
+    );
+    text += &route(
+        "rogue",
+        port,
+        &["rogue.example.test"],
+        rogue.port,
+        &reencrypt("rogue-front"),
+    );
+    let file = pki.path("routes.toml");
+    std::fs::write(&file, text).expect("write");
+    // The system roots, as OpenSSL would take them: here, the test CA only.
+    let ca = pki.path("ca.pem");
+    let serve = Serve::start_with(&file, port, &[("SSL_CERT_FILE", ca.as_path())]);
+
+    let (got, cert) = tls_get(
+        &pki.client(&["h2", "http/1.1"]),
+        port,
+        "app.example.test",
+        "hi",
+    )
+    .expect("app");
+    assert_eq!(cert, front_cert, "the client sees serve's certificate");
+    assert_eq!(got, "back[alpn=h2] got hi", "re-encrypted, ALPN offered on");
+    let (got, _) = tls_get(
+        &pki.client(&["http/1.1"]),
+        port,
+        "app.example.test",
+        "again",
+    )
+    .expect("app");
+    assert_eq!(got, "back[alpn=http/1.1] got again");
+    assert_ne!(back_cert, front_cert);
+
+    // A target with an untrusted certificate is never talked to in clear.
+    assert!(tls_get(&pki.client(&[]), port, "rogue.example.test", "secret").is_err());
+    assert_eq!(
+        serve.metric("smartproxy_serve_errors_total", Some("rogue")),
+        1.0
+    );
+}
+
+/// Resident memory of a process, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn slowloris_connections_leave_other_clients_served_within_bounded_memory() {
+    let pki = Pki::new();
+    pki.leaf("alpha", &["alpha.example.test"]);
+    let a = backend("alpha");
+    let port = free_port();
+    let file = pki.path("routes.toml");
+    std::fs::write(
+        &file,
+        route(
+            "alpha",
+            port,
+            &["alpha.example.test"],
+            a.port,
+            &terminate("alpha"),
+        ),
+    )
+    .expect("write");
+    // The hello timeout (3 s here) is what ends a slowloris connection.
+    let serve = Serve::start(&file, port);
+    let client = pki.client(&[]);
+    tls_get(&client, port, "alpha.example.test", "warm").expect("warm up");
+    let before = rss_kib(serve.child.id());
+
+    // 1,000 connections each sending one byte of a ClientHello per second, for 4 s.
+    let mut slow: Vec<TcpStream> = (0..1000)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    assert!(slow.len() >= 990, "opened {}", slow.len());
+    let hello = [0x16u8, 0x03, 0x01, 0x02, 0x00];
+    let started = Instant::now();
+    let mut served = 0;
+    for second in 0..4 {
+        for s in &mut slow {
+            let _ = s.write_all(&hello[second..=second]);
+        }
+        let (got, _) = tls_get(&client, port, "alpha.example.test", "busy")
+            .expect("another client is served meanwhile");
+        assert_eq!(got, "alpha got busy");
+        served += 1;
+        let next = Duration::from_secs(second as u64 + 1);
+        thread::sleep(next.saturating_sub(started.elapsed()));
+    }
+    let during = rss_kib(serve.child.id());
+    assert_eq!(served, 4);
+    assert!(
+        during < before + 32 * 1024,
+        "RSS grew from {before} KiB to {during} KiB"
+    );
+    drop(slow);
 }
