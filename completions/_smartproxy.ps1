@@ -32,6 +32,7 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             [CompletionResult]::new('apply', 'apply', [CompletionResultType]::ParameterValue, 'Make the kernel match the route files in one atomic transaction')
             [CompletionResult]::new('confirm', 'confirm', [CompletionResultType]::ParameterValue, 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)')
             [CompletionResult]::new('destroy', 'destroy', [CompletionResultType]::ParameterValue, 'Remove smartproxy''s table (and nothing else)')
+            [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects)')
             [CompletionResult]::new('__watchdog', '__watchdog', [CompletionResultType]::ParameterValue, 'Internal: the detached confirm-timeout watchdog')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print shell completions')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
@@ -91,6 +92,18 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
         }
+        'smartproxy;serve' {
+            [CompletionResult]::new('--metrics', '--metrics', [CompletionResultType]::ParameterName, 'Serve Prometheus metrics at http://ADDR/metrics')
+            [CompletionResult]::new('--hello-timeout', '--hello-timeout', [CompletionResultType]::ParameterName, 'Seconds a client has to send its TLS ClientHello (and finish the handshake)')
+            [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Seconds to connect to a target before trying the next one')
+            [CompletionResult]::new('--idle-timeout', '--idle-timeout', [CompletionResultType]::ParameterName, 'Seconds without a byte in either direction before a connection is closed')
+            [CompletionResult]::new('--drain-timeout', '--drain-timeout', [CompletionResultType]::ParameterName, 'Seconds open connections get to finish after SIGTERM/SIGINT')
+            [CompletionResult]::new('--watch-interval', '--watch-interval', [CompletionResultType]::ParameterName, 'Seconds between checks of the route files for changes (0: only SIGHUP reloads)')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto = on a terminal and NO_COLOR unset')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            break
+        }
         'smartproxy;__watchdog' {
             [CompletionResult]::new('--table', '--table', [CompletionResultType]::ParameterName, 'table')
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'token')
@@ -113,6 +126,7 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             [CompletionResult]::new('apply', 'apply', [CompletionResultType]::ParameterValue, 'Make the kernel match the route files in one atomic transaction')
             [CompletionResult]::new('confirm', 'confirm', [CompletionResultType]::ParameterValue, 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)')
             [CompletionResult]::new('destroy', 'destroy', [CompletionResultType]::ParameterValue, 'Remove smartproxy''s table (and nothing else)')
+            [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects)')
             [CompletionResult]::new('__watchdog', '__watchdog', [CompletionResultType]::ParameterValue, 'Internal: the detached confirm-timeout watchdog')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print shell completions')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
@@ -134,6 +148,9 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             break
         }
         'smartproxy;help;destroy' {
+            break
+        }
+        'smartproxy;help;serve' {
             break
         }
         'smartproxy;help;__watchdog' {

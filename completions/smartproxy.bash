@@ -43,6 +43,9 @@ _smartproxy() {
             smartproxy,plan)
                 cmd="smartproxy__subcmd__plan"
                 ;;
+            smartproxy,serve)
+                cmd="smartproxy__subcmd__serve"
+                ;;
             smartproxy__subcmd__help,__watchdog)
                 cmd="smartproxy__subcmd__help__subcmd____watchdog"
                 ;;
@@ -70,6 +73,9 @@ _smartproxy() {
             smartproxy__subcmd__help,plan)
                 cmd="smartproxy__subcmd__help__subcmd__plan"
                 ;;
+            smartproxy__subcmd__help,serve)
+                cmd="smartproxy__subcmd__help__subcmd__serve"
+                ;;
             *)
                 ;;
         esac
@@ -77,7 +83,7 @@ _smartproxy() {
 
     case "${cmd}" in
         smartproxy)
-            opts="-h -V --color --help --version check compile plan apply confirm destroy __watchdog completions help"
+            opts="-h -V --color --help --version check compile plan apply confirm destroy serve __watchdog completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -273,7 +279,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__help)
-            opts="check compile plan apply confirm destroy __watchdog completions help"
+            opts="check compile plan apply confirm destroy serve __watchdog completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -412,6 +418,20 @@ _smartproxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        smartproxy__subcmd__help__subcmd__serve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         smartproxy__subcmd__plan)
             opts="-h --out --format --detailed-exitcode --lock-timeout --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -428,6 +448,48 @@ _smartproxy() {
                     return 0
                     ;;
                 --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        smartproxy__subcmd__serve)
+            opts="-h --metrics --hello-timeout --connect-timeout --idle-timeout --drain-timeout --watch-interval --color --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --metrics)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --hello-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connect-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --idle-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --drain-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --watch-interval)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -29,6 +29,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand apply 'Make the kernel match the route files in one atomic transaction'
             cand confirm 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)'
             cand destroy 'Remove smartproxy''s table (and nothing else)'
+            cand serve 'Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects)'
             cand __watchdog 'Internal: the detached confirm-timeout watchdog'
             cand completions 'Print shell completions'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -81,6 +82,17 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand -h 'Print help'
             cand --help 'Print help'
         }
+        &'smartproxy;serve'= {
+            cand --metrics 'Serve Prometheus metrics at http://ADDR/metrics'
+            cand --hello-timeout 'Seconds a client has to send its TLS ClientHello (and finish the handshake)'
+            cand --connect-timeout 'Seconds to connect to a target before trying the next one'
+            cand --idle-timeout 'Seconds without a byte in either direction before a connection is closed'
+            cand --drain-timeout 'Seconds open connections get to finish after SIGTERM/SIGINT'
+            cand --watch-interval 'Seconds between checks of the route files for changes (0: only SIGHUP reloads)'
+            cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+        }
         &'smartproxy;__watchdog'= {
             cand --table 'table'
             cand --token 'token'
@@ -101,6 +113,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand apply 'Make the kernel match the route files in one atomic transaction'
             cand confirm 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)'
             cand destroy 'Remove smartproxy''s table (and nothing else)'
+            cand serve 'Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects)'
             cand __watchdog 'Internal: the detached confirm-timeout watchdog'
             cand completions 'Print shell completions'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -116,6 +129,8 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
         &'smartproxy;help;confirm'= {
         }
         &'smartproxy;help;destroy'= {
+        }
+        &'smartproxy;help;serve'= {
         }
         &'smartproxy;help;__watchdog'= {
         }

@@ -322,6 +322,8 @@ fn userspace_route(
         rate_limit: route.security.rate_limit,
         tls: route.tls.clone(),
         redirect: route.redirect.clone(),
+        send_proxy_protocol: route.userspace.send_proxy_protocol,
+        accept_proxy_protocol: route.userspace.accept_proxy_protocol.clone(),
     }
 }
 

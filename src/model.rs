@@ -157,6 +157,9 @@ pub struct UserspaceRoute {
     pub rate_limit: Option<Rate>,
     pub tls: Option<Tls>,
     pub redirect: Option<Redirect>,
+    /// PROXY protocol v2 toward the targets, and from these front load balancers.
+    pub send_proxy_protocol: bool,
+    pub accept_proxy_protocol: Vec<IpNet>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

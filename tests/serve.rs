@@ -825,3 +825,96 @@ fn slowloris_connections_leave_other_clients_served_within_bounded_memory() {
     );
     drop(slow);
 }
+
+/// A backend that reads a PROXY v2 header, then a line; answers with the announced source.
+fn proxy_protocol_backend() -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            if flag.load(Ordering::Relaxed) {
+                break;
+            }
+            let Ok(mut s) = s else { continue };
+            thread::spawn(move || {
+                let mut head = [0u8; 16];
+                if s.read_exact(&mut head).is_err() || &head[..12] != b"\r\n\r\n\0\r\nQUIT\n" {
+                    let _ = s.write_all(b"no PROXY header\n");
+                    return;
+                }
+                let len = usize::from(u16::from_be_bytes([head[14], head[15]]));
+                let mut payload = vec![0u8; len];
+                s.read_exact(&mut payload).expect("payload");
+                let source = match head[13] {
+                    0x11 => format!(
+                        "{}.{}.{}.{}:{}",
+                        payload[0],
+                        payload[1],
+                        payload[2],
+                        payload[3],
+                        u16::from_be_bytes([payload[8], payload[9]])
+                    ),
+                    other => format!("family {other:#x}"),
+                };
+                answer(&format!("pp from {source}"), &mut s);
+            });
+        }
+    });
+    Backend { port, stop }
+}
+
+fn proxy_header(source: [u8; 4], source_port: u16, port: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&source);
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&source_port.to_be_bytes());
+    h.extend_from_slice(&port.to_be_bytes());
+    h
+}
+
+#[test]
+fn proxy_protocol_v2_in_from_a_listed_balancer_and_out_to_the_target() {
+    let dir = tempfile::tempdir().expect("dir");
+    let pp = proxy_protocol_backend();
+    let port = free_port();
+    let file = dir.path().join("routes.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[routes]]\nname = \"front\"\n[routes.match]\nports = {port}\naddresses = [\"127.0.0.1\"]\n\
+             [routes.action]\ntargets = [{{ host = \"127.0.0.1\", port = {} }}]\n\
+             [routes.action.security]\nip_block_list = [\"192.0.2.66\"]\n\
+             [routes.action.userspace]\nsend_proxy_protocol = true\naccept_proxy_protocol = [\"127.0.0.0/8\"]\n",
+            pp.port
+        ),
+    )
+    .expect("write");
+    let serve = Serve::start(&file, port);
+
+    let mut request = proxy_header([192, 0, 2, 77], 5555, port);
+    request.extend_from_slice(b"hi\n");
+    assert_eq!(
+        plain_get(port, &request).trim_end(),
+        "pp from 192.0.2.77:5555 got hi"
+    );
+
+    // The announced client is the one the security settings judge.
+    let mut blocked = proxy_header([192, 0, 2, 66], 6666, port);
+    blocked.extend_from_slice(b"hi\n");
+    assert_eq!(plain_get(port, &blocked), "", "refused");
+    assert_eq!(
+        serve.metric("smartproxy_serve_refused_total", Some("front")),
+        1.0
+    );
+
+    // From a listed balancer the header is required.
+    let unrouted = serve.metric("smartproxy_serve_unrouted_total", None);
+    assert_eq!(plain_get(port, b"no header, just words long enough\n"), "");
+    assert_eq!(
+        serve.metric("smartproxy_serve_unrouted_total", None),
+        unrouted + 1.0
+    );
+}

@@ -212,6 +212,16 @@ pub struct Security {
     pub rate_limit: Option<Rate>,
 }
 
+/// `[routes.action.userspace]`: PROXY protocol v2 toward targets and from front load
+/// balancers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UserspaceOptions {
+    /// Send a PROXY v2 header with the client's address to the target.
+    pub send_proxy_protocol: bool,
+    /// Peers whose connections to this route's listeners start with a PROXY v2 header.
+    pub accept_proxy_protocol: Vec<IpNet>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NftOptions {
     pub preserve_source_ip: bool,
@@ -311,6 +321,7 @@ pub struct Route {
     pub nftables: NftOptions,
     pub tls: Option<Tls>,
     pub redirect: Option<Redirect>,
+    pub userspace: UserspaceOptions,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

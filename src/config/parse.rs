@@ -80,6 +80,15 @@ pub struct RawAction {
     pub nftables: Option<RawNftables>,
     pub tls: Option<RawTls>,
     pub redirect: Option<RawRedirect>,
+    pub userspace: Option<RawUserspace>,
+}
+
+/// `[routes.action.userspace]`: options of the userspace engine.
+#[derive(Debug)]
+pub struct RawUserspace {
+    pub span: Span,
+    pub send_proxy_protocol: Option<Sp<bool>>,
+    pub accept_proxy_protocol: Option<Vec<Sp<String>>>,
 }
 
 #[derive(Debug)]
@@ -155,7 +164,9 @@ const ACTION_KEYS: &[&str] = &[
     "nftables",
     "tls",
     "redirect",
+    "userspace",
 ];
+const USERSPACE_KEYS: &[&str] = &["send_proxy_protocol", "accept_proxy_protocol"];
 const TARGET_KEYS: &[&str] = &["host", "port", "weight"];
 const SECURITY_KEYS: &[&str] = &[
     "ip_allow_list",
@@ -187,6 +198,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("[routes.action.tls]", TLS_KEYS),
     ("[routes.action.tls.certificate]", CERT_KEYS),
     ("[routes.action.redirect]", REDIRECT_KEYS),
+    ("[routes.action.userspace]", USERSPACE_KEYS),
 ];
 
 /// Parses one file's text. Shape errors go to `diags`; what could be read is returned so
@@ -361,6 +373,7 @@ impl Cx<'_> {
             nftables: None,
             tls: None,
             redirect: None,
+            userspace: None,
         };
         for (key, value) in table.iter() {
             let before = self.diags.len();
@@ -388,6 +401,11 @@ impl Cx<'_> {
                 "redirect" => {
                     if let Some(t) = self.table(value, "a table (`[routes.action.redirect]`)") {
                         a.redirect = Some(self.read_redirect(t, span));
+                    }
+                }
+                "userspace" => {
+                    if let Some(t) = self.table(value, "a table (`[routes.action.userspace]`)") {
+                        a.userspace = Some(self.read_userspace(t, span));
                     }
                 }
                 _ => self.unknown(key, ACTION_KEYS, "[routes.action]"),
@@ -427,6 +445,22 @@ impl Cx<'_> {
             })
             .collect();
         Some(Sp::new(targets, self.span(value.span())))
+    }
+
+    fn read_userspace(&mut self, table: &DeTable<'_>, span: Span) -> RawUserspace {
+        let mut u = RawUserspace {
+            span,
+            send_proxy_protocol: None,
+            accept_proxy_protocol: None,
+        };
+        for (key, value) in table.iter() {
+            match key.get_ref().as_ref() {
+                "send_proxy_protocol" => u.send_proxy_protocol = self.bool(value),
+                "accept_proxy_protocol" => u.accept_proxy_protocol = self.string_list(value),
+                _ => self.unknown(key, USERSPACE_KEYS, "[routes.action.userspace]"),
+            }
+        }
+        u
     }
 
     fn read_security(&mut self, table: &DeTable<'_>, span: Span) -> RawSecurity {

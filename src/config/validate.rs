@@ -438,7 +438,12 @@ fn route(
             )
         })
     } else {
-        None
+        action.userspace.as_ref().map(|u| {
+            (
+                u.span,
+                "it has a `[routes.action.userspace]` section (PROXY protocol), which only the userspace engine speaks",
+            )
+        })
     };
     let engine = match (choice, needs_userspace) {
         (EngineChoice::Nftables, Some((why_span, why))) => {
@@ -483,6 +488,18 @@ fn route(
         .unwrap_or_default();
     let tls = action.tls.as_ref().and_then(|t| tls(t, dir, diags));
     let redirect = redirect(action, kind, diags);
+    let userspace = action
+        .userspace
+        .as_ref()
+        .map(|u| crate::config::UserspaceOptions {
+            send_proxy_protocol: u.send_proxy_protocol.as_ref().is_some_and(|b| b.value),
+            accept_proxy_protocol: u
+                .accept_proxy_protocol
+                .as_deref()
+                .map(|list| ip_list(list, "accept_proxy_protocol", diags))
+                .unwrap_or_default(),
+        })
+        .unwrap_or_default();
 
     if kind == Some(ActionKind::Forward) && engine == Engine::Nftables {
         address_families(&addresses, &targets, diags);
@@ -521,6 +538,7 @@ fn route(
         nftables,
         tls,
         redirect,
+        userspace,
     })
 }
 

@@ -11,6 +11,7 @@
 
 pub mod metrics;
 pub mod policy;
+pub mod proxy_protocol;
 pub mod routes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -463,8 +464,34 @@ async fn connection(
     let Some(listener) = running.listeners.get(&addr).cloned() else {
         return;
     };
-    let local = stream.local_addr().unwrap_or(addr);
+    let mut local = stream.local_addr().unwrap_or(addr);
     let _ = stream.set_nodelay(true);
+    // A front load balancer we trust tells us who the client is.
+    let mut peer = peer;
+    if listener
+        .accept_proxy_from
+        .iter()
+        .any(|n| n.contains(&policy::canonical(peer.ip())))
+    {
+        let header = proxy_protocol::read(&mut stream);
+        match tokio::time::timeout(shared.options.hello_timeout, header).await {
+            Ok(Ok(Some((source, destination)))) => {
+                peer = source;
+                local = destination;
+            }
+            Ok(Ok(None)) => {} // LOCAL: the balancer's own health check
+            Ok(Err(e)) => {
+                shared.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
+                info!(%peer, %addr, "bad PROXY protocol header: {e}");
+                return;
+            }
+            Err(_) => {
+                shared.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
+                info!(%peer, %addr, "no PROXY protocol header within the hello timeout");
+                return;
+            }
+        }
+    }
     let hello = if listener.needs_sni() {
         match tokio::time::timeout(shared.options.hello_timeout, read_hello(&mut stream)).await {
             Ok(Ok(h)) => Some(h),
@@ -520,8 +547,9 @@ async fn connection(
                     sni,
                     ..
                 }) => {
+                    let ends = (local, peer);
                     terminate(
-                        shared, &running, &route, &metrics, stream, local, accepted, sni,
+                        shared, &running, &route, &metrics, stream, ends, accepted, sni,
                     )
                     .await
                 }
@@ -591,8 +619,11 @@ async fn connect(
             let to = SocketAddr::new(*addr, port);
             match tokio::time::timeout(shared.options.connect_timeout, TcpStream::connect(to)).await
             {
-                Ok(Ok(s)) => {
+                Ok(Ok(mut s)) => {
                     let _ = s.set_nodelay(true);
+                    if route.send_proxy_protocol {
+                        s.write_all(&proxy_protocol::header(peer, local)).await?;
+                    }
                     return Ok(s);
                 }
                 Ok(Err(e)) => {
@@ -619,7 +650,7 @@ async fn terminate(
     route: &UserspaceRoute,
     metrics: &Arc<RouteMetrics>,
     stream: TcpStream,
-    local: SocketAddr,
+    (local, peer): (SocketAddr, SocketAddr),
     accepted: rustls::server::Accepted,
     sni: Option<String>,
 ) -> io::Result<()> {
@@ -630,7 +661,6 @@ async fn terminate(
         .tls
         .as_ref()
         .is_some_and(|t| t.mode == TlsMode::TerminateAndReencrypt);
-    let peer = stream.peer_addr()?;
     let upstream = connect(shared, route, local, peer).await?;
     if reencrypt {
         // Offer the client's ALPN list to the target, answer the client with its choice.

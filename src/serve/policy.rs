@@ -174,6 +174,8 @@ mod tests {
             rate_limit: None,
             tls: None,
             redirect: None,
+            send_proxy_protocol: false,
+            accept_proxy_protocol: Vec::new(),
         }
     }
 

@@ -20,6 +20,9 @@ pub struct Listener {
     pub by_domain: Vec<Arc<UserspaceRoute>>,
     /// The route without `domains` on this address and port, if any.
     pub default: Option<Arc<UserspaceRoute>>,
+    /// Peers whose connections start with a PROXY v2 header (front load balancers): the
+    /// union of the listener's routes' `accept_proxy_protocol`.
+    pub accept_proxy_from: Vec<ipnet::IpNet>,
 }
 
 impl Listener {
@@ -81,6 +84,11 @@ pub fn listeners(routes: &[UserspaceRoute]) -> BTreeMap<ListenAddr, Listener> {
             for port in range.first..=range.last {
                 for addr in &addrs {
                     let l = out.entry(SocketAddr::new(*addr, port)).or_default();
+                    for net in &route.accept_proxy_protocol {
+                        if !l.accept_proxy_from.contains(net) {
+                            l.accept_proxy_from.push(*net);
+                        }
+                    }
                     if route.domains.is_empty() {
                         if l.default.is_none() {
                             l.default = Some(route.clone());
@@ -135,6 +143,8 @@ mod tests {
             rate_limit: None,
             tls: None,
             redirect: None,
+            send_proxy_protocol: false,
+            accept_proxy_protocol: Vec::new(),
         }
     }
 
