@@ -26,13 +26,19 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "common.rs"]
+mod common;
+
+use common::{
+    addr, have, iperf, link, median, ms, nginx_conf, ok, smartproxy_bin, spread, wait_port, wrk,
+    Netns,
+};
 use smartproxy::kernel::nft::NftKernel;
 use smartproxy::kernel::Kernel;
 
-const TABLE: &str = "smartproxy";
 /// Timed repetitions of the one-route change (apply command and transaction alike).
 const CHANGE_RUNS: usize = 5;
 /// Timed repetitions of a whole-table apply and of plan.
@@ -100,164 +106,6 @@ fn route_file(n: usize, block: &[String], bump: bool) -> String {
         }
     }
     out
-}
-
-// ---- processes and namespaces ----------------------------------------------------------
-
-fn smartproxy_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_smartproxy"))
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?} does not run: {e}"))
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd} >/dev/null")])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-struct Netns {
-    name: String,
-    children: Vec<Child>,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("spb-{tag}-{}", std::process::id());
-        ok(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns {
-            name,
-            children: Vec::new(),
-        };
-        ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).args(args);
-        c
-    }
-
-    fn exec_ok(&self, args: &[&str]) -> String {
-        ok(&mut self.cmd(args))
-    }
-
-    fn spawn(&mut self, args: &[&str]) {
-        let child = self
-            .cmd(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn in namespace");
-        self.children.push(child);
-    }
-
-    fn nft_file(&self, path: &Path) -> Duration {
-        let t = Instant::now();
-        self.exec_ok(&["nft", "-f", path.to_str().expect("utf-8 path")]);
-        t.elapsed()
-    }
-
-    fn has_table(&self) -> bool {
-        run(&mut self.cmd(&["nft", "list", "table", "inet", TABLE]))
-            .status
-            .success()
-    }
-
-    fn delete_table(&self) {
-        if self.has_table() {
-            self.exec_ok(&["nft", "delete", "table", "inet", TABLE]);
-        }
-    }
-
-    /// `smartproxy ARGS` in this namespace with its own state directory; the wall time.
-    fn smartproxy(&self, state: &Path, args: &[&str]) -> Duration {
-        let bin = smartproxy_bin();
-        let mut c = self.cmd(&[bin.to_str().expect("utf-8 path")]);
-        c.args(args)
-            .env("SMARTPROXY_STATE_DIR", state)
-            .env("NO_COLOR", "1");
-        let t = Instant::now();
-        ok(&mut c);
-        t.elapsed()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // SIGTERM first: nginx's master then stops its workers (SIGKILL would orphan them).
-        for c in &mut self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn link(a: &Netns, a_if: &str, b: &Netns, b_if: &str, tag: &str) {
-    let (ta, tb) = (format!("spba{tag}"), format!("spbb{tag}"));
-    ok(Command::new("ip").args(["link", "add", &ta, "type", "veth", "peer", "name", &tb]));
-    ok(Command::new("ip").args(["link", "set", &ta, "netns", &a.name, "name", a_if]));
-    ok(Command::new("ip").args(["link", "set", &tb, "netns", &b.name, "name", b_if]));
-    a.exec_ok(&["ip", "link", "set", a_if, "up"]);
-    b.exec_ok(&["ip", "link", "set", b_if, "up"]);
-}
-
-fn addr(ns: &Netns, dev: &str, cidr: &str) {
-    let mut args = vec!["ip", "addr", "add", cidr, "dev", dev];
-    if cidr.contains(':') {
-        args.push("nodad");
-    }
-    ns.exec_ok(&args);
-}
-
-// ---- statistics ------------------------------------------------------------------------
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
-}
-
-fn ms(v: &[Duration]) -> Vec<f64> {
-    v.iter().map(|d| d.as_secs_f64() * 1e3).collect()
-}
-
-fn spread(v: &[f64]) -> String {
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{lo:.0}–{hi:.0}")
 }
 
 struct Row {
@@ -537,89 +385,6 @@ fn topology() -> Topo {
     }
 }
 
-fn nginx_conf(dir: &Path) -> PathBuf {
-    let conf = dir.join("nginx.conf");
-    let text = format!(
-        "worker_processes 1;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-         events {{ worker_connections 8192; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n\
-           fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n\
-           server {{\n    listen 80 backlog=4096;\n    listen [::]:80 backlog=4096;\n\
-             location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
-        d = dir.display()
-    );
-    std::fs::write(&conf, text).expect("write nginx.conf");
-    conf
-}
-
-fn iperf(t: &Topo, host: &str, port: u16) -> f64 {
-    let out = t.client.exec_ok(&[
-        "timeout",
-        "30",
-        "iperf3",
-        "-J",
-        "-c",
-        host,
-        "-p",
-        &port.to_string(),
-        "-t",
-        &IPERF_SECS.to_string(),
-        "-O",
-        "1",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("iperf3 result")
-        / 1e9
-}
-
-/// Requests per second and socket errors + non-2xx responses reported by wrk.
-fn wrk(t: &Topo, url: &str) -> (f64, u64) {
-    let out = t.client.exec_ok(&[
-        "timeout",
-        "60",
-        "wrk",
-        "-t2",
-        "-c50",
-        &format!("-d{WRK_SECS}s"),
-        "-H",
-        "Connection: close",
-        url,
-    ]);
-    let rps = out
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("wrk output without Requests/sec:\n{out}"));
-    let mut errors = 0u64;
-    for l in out.lines() {
-        let l = l.trim();
-        if let Some(rest) = l.strip_prefix("Socket errors:") {
-            errors += rest
-                .split(',')
-                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
-                .sum::<u64>();
-        }
-        if let Some(rest) = l.strip_prefix("Non-2xx or 3xx responses:") {
-            errors += rest.trim().parse::<u64>().unwrap_or(0);
-        }
-    }
-    (rps, errors)
-}
-
-fn wait_port(ns: &Netns, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let out = run(&mut ns.cmd(&["ss", "-Hltn", &format!("sport = :{port}")]));
-        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing listens on port {port} in {}", ns.name);
-}
-
 fn bench_traffic(dir: &Path, script_10k: &str, rows: &mut Vec<Row>) {
     eprintln!("traffic (10k routes, 10k block list on the measured routes):");
     let mut t = topology();
@@ -656,10 +421,14 @@ fn bench_traffic(dir: &Path, script_10k: &str, rows: &mut Vec<Row>) {
     let load = |t: &Topo| t.gateway.nft_file(&script);
     // Warm-up (and a check that both paths forward).
     load(&t);
-    iperf(&t, "192.0.2.1", first_port);
-    wrk(&t, &format!("http://192.0.2.1:{last_port}/"));
+    iperf(&t.client, "192.0.2.1", first_port, IPERF_SECS);
+    wrk(
+        &t.client,
+        &format!("http://192.0.2.1:{last_port}/"),
+        WRK_SECS,
+    );
     t.gateway.delete_table();
-    iperf(&t, "198.51.100.2", 5201);
+    iperf(&t.client, "198.51.100.2", 5201, IPERF_SECS);
 
     let (mut tp_sp, mut tp_plain, mut tp_ratio) = (Vec::new(), Vec::new(), Vec::new());
     let (mut cps_sp, mut cps_plain, mut cps_ratio) = (Vec::new(), Vec::new(), Vec::new());
@@ -685,9 +454,13 @@ fn bench_traffic(dir: &Path, script_10k: &str, rows: &mut Vec<Row>) {
                     } else {
                         t.gateway.nft_file(&hand);
                     }
-                    let g = iperf(&t, "192.0.2.1", first_port);
+                    let g = iperf(&t.client, "192.0.2.1", first_port, IPERF_SECS);
                     std::thread::sleep(Duration::from_secs(3));
-                    let (r, e) = wrk(&t, &format!("http://192.0.2.1:{last_port}/"));
+                    let (r, e) = wrk(
+                        &t.client,
+                        &format!("http://192.0.2.1:{last_port}/"),
+                        WRK_SECS,
+                    );
                     wrk_errors += e;
                     if matches!(path, Via::Smartproxy) {
                         sp = (g, r);
@@ -700,9 +473,9 @@ fn bench_traffic(dir: &Path, script_10k: &str, rows: &mut Vec<Row>) {
                 }
                 Via::Plain => {
                     assert!(!t.gateway.has_table(), "plain routing has no table");
-                    let g = iperf(&t, "198.51.100.2", 5201);
+                    let g = iperf(&t.client, "198.51.100.2", 5201, IPERF_SECS);
                     std::thread::sleep(Duration::from_secs(3));
-                    let (r, e) = wrk(&t, "http://198.51.100.2/");
+                    let (r, e) = wrk(&t.client, "http://198.51.100.2/", WRK_SECS);
                     wrk_errors += e;
                     plain = (g, r);
                 }

@@ -39,8 +39,10 @@ use routes::{ListenAddr, Listener};
 pub const HELLO_MAX: usize = 64 * 1024;
 /// The largest HTTP request head a redirect route reads.
 const REQUEST_HEAD_MAX: usize = 16 * 1024;
-/// Copy buffer per direction of a proxied connection.
-const COPY_BUFFER: usize = 8 * 1024;
+/// Copy buffer per direction of a connection moving data in bulk.
+const COPY_BUFFER: usize = 16 * 1024;
+/// Copy buffer per direction otherwise (and of an idle connection).
+const SMALL_BUFFER: usize = 512;
 
 /// What `smartproxy serve` was asked to do.
 #[derive(Clone, Debug)]
@@ -492,7 +494,7 @@ async fn connection(
             }
         }
     }
-    let hello = if listener.needs_sni() {
+    let hello = if listener.needs_hello() {
         match tokio::time::timeout(shared.options.hello_timeout, read_hello(&mut stream)).await {
             Ok(Ok(h)) => Some(h),
             Ok(Err(e)) => {
@@ -753,9 +755,16 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; COPY_BUFFER];
+    // An idle connection holds only the small buffer (inside the task); the large one is
+    // taken while data flows in bulk and given back when it trickles.
+    let mut small = [0u8; SMALL_BUFFER];
+    let mut large: Option<Vec<u8>> = None;
     loop {
-        let n = match from.read(&mut buf).await {
+        let buf: &mut [u8] = match large.as_mut() {
+            Some(l) => l,
+            None => &mut small,
+        };
+        let n = match from.read(buf).await {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
             Err(e) => return Err(e),
@@ -767,6 +776,11 @@ where
         to.write_all(&buf[..n]).await?;
         counter.fetch_add(n as u64, Ordering::Relaxed);
         last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if large.is_none() && n == SMALL_BUFFER {
+            large = Some(vec![0u8; COPY_BUFFER]);
+        } else if large.is_some() && n < SMALL_BUFFER {
+            large = None;
+        }
     }
 }
 

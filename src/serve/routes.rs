@@ -26,9 +26,15 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Whether connections need their TLS ClientHello read before a route is known.
-    pub fn needs_sni(&self) -> bool {
-        !self.by_domain.is_empty()
+    /// Whether connections need their TLS ClientHello read first: to choose a route by
+    /// SNI, or because the only route terminates TLS.
+    pub fn needs_hello(&self) -> bool {
+        let terminates = self.default.as_ref().is_some_and(|r| {
+            r.tls
+                .as_ref()
+                .is_some_and(|t| t.mode != crate::config::TlsMode::Passthrough)
+        });
+        !self.by_domain.is_empty() || terminates
     }
 
     /// The route for a client that sent `sni` (or none).
@@ -177,6 +183,6 @@ mod tests {
         let l = &all[&"0.0.0.0:443".parse().expect("addr")];
         assert!(l.select(Some("b.test")).is_none());
         assert!(l.select(None).is_none());
-        assert!(l.needs_sni());
+        assert!(l.needs_hello());
     }
 }
