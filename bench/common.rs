@@ -172,7 +172,7 @@ pub fn nginx_conf(dir: &Path) -> PathBuf {
     let text = format!(
         "worker_processes 1;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections 8192; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n\
+         http {{\n  access_log off;\n  client_header_timeout 120s;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n\
            fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n\
            server {{\n    listen 80 backlog=4096;\n    listen [::]:80 backlog=4096;\n\
              location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
@@ -249,4 +249,67 @@ pub fn wait_port(ns: &Netns, port: u16) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("nothing listens on port {port} in {}", ns.name);
+}
+
+/// client 192.0.2.2 — 192.0.2.1 gateway 198.51.100.1 — 198.51.100.2 backend (and the
+/// 2001:db8:c::/64, 2001:db8:1::/64 twins).
+pub struct Topo {
+    pub client: Netns,
+    pub gateway: Netns,
+    pub backend: Netns,
+}
+
+pub fn topology() -> Topo {
+    let client = Netns::new("cl");
+    let gateway = Netns::new("gw");
+    let backend = Netns::new("be");
+    let pid = std::process::id() % 100_000;
+    link(&client, "eth0", &gateway, "c0", &format!("c{pid}"));
+    link(&backend, "eth0", &gateway, "b0", &format!("b{pid}"));
+    addr(&client, "eth0", "192.0.2.2/24");
+    addr(&client, "eth0", "2001:db8:c::2/64");
+    addr(&gateway, "c0", "192.0.2.1/24");
+    addr(&gateway, "c0", "2001:db8:c::1/64");
+    addr(&gateway, "b0", "198.51.100.1/26");
+    addr(&gateway, "b0", "2001:db8:1::1/64");
+    addr(&backend, "eth0", "198.51.100.2/26");
+    addr(&backend, "eth0", "2001:db8:1::2/64");
+    client.exec_ok(&["ip", "route", "add", "default", "via", "192.0.2.1"]);
+    client.exec_ok(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8:c::1",
+    ]);
+    backend.exec_ok(&["ip", "route", "add", "default", "via", "198.51.100.1"]);
+    backend.exec_ok(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8:1::1",
+    ]);
+    gateway.exec_ok(&[
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+        "net.ipv6.conf.all.forwarding=1",
+    ]);
+    client.exec_ok(&[
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_local_port_range=1024 65000",
+        "net.ipv4.tcp_tw_reuse=1",
+    ]);
+    backend.exec_ok(&["sysctl", "-qw", "net.core.somaxconn=4096"]);
+    Topo {
+        client,
+        gateway,
+        backend,
+    }
 }

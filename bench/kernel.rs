@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{
-    addr, have, iperf, link, median, ms, nginx_conf, ok, smartproxy_bin, spread, wait_port, wrk,
-    Netns,
+    have, iperf, median, ms, nginx_conf, ok, smartproxy_bin, spread, topology, wait_port, wrk,
+    Netns, Topo,
 };
 use smartproxy::kernel::nft::NftKernel;
 use smartproxy::kernel::Kernel;
@@ -323,67 +323,6 @@ fn bench_sizes(dir: &Path, rows: &mut Vec<Row>) -> Sizes {
 }
 
 // ---- traffic -----------------------------------------------------------------------------
-
-struct Topo {
-    client: Netns,
-    gateway: Netns,
-    backend: Netns,
-}
-
-fn topology() -> Topo {
-    let client = Netns::new("cl");
-    let gateway = Netns::new("gw");
-    let backend = Netns::new("be");
-    let pid = std::process::id() % 100_000;
-    link(&client, "eth0", &gateway, "c0", &format!("c{pid}"));
-    link(&backend, "eth0", &gateway, "b0", &format!("b{pid}"));
-    addr(&client, "eth0", "192.0.2.2/24");
-    addr(&client, "eth0", "2001:db8:c::2/64");
-    addr(&gateway, "c0", "192.0.2.1/24");
-    addr(&gateway, "c0", "2001:db8:c::1/64");
-    addr(&gateway, "b0", "198.51.100.1/26");
-    addr(&gateway, "b0", "2001:db8:1::1/64");
-    addr(&backend, "eth0", "198.51.100.2/26");
-    addr(&backend, "eth0", "2001:db8:1::2/64");
-    client.exec_ok(&["ip", "route", "add", "default", "via", "192.0.2.1"]);
-    client.exec_ok(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        "2001:db8:c::1",
-    ]);
-    backend.exec_ok(&["ip", "route", "add", "default", "via", "198.51.100.1"]);
-    backend.exec_ok(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        "2001:db8:1::1",
-    ]);
-    gateway.exec_ok(&[
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-        "net.ipv6.conf.all.forwarding=1",
-    ]);
-    client.exec_ok(&[
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_local_port_range=1024 65000",
-        "net.ipv4.tcp_tw_reuse=1",
-    ]);
-    backend.exec_ok(&["sysctl", "-qw", "net.core.somaxconn=4096"]);
-    Topo {
-        client,
-        gateway,
-        backend,
-    }
-}
 
 fn bench_traffic(dir: &Path, script_10k: &str, rows: &mut Vec<Row>) {
     eprintln!("traffic (10k routes, 10k block list on the measured routes):");

@@ -209,6 +209,12 @@ cases! {
     /// An IPv6 `addresses` entry on a route whose targets are all IPv4.
     ipv6_address_ipv4_targets: "ipv6-address-ipv4-targets.toml" => exit 1 { E023 @ "6:30" }
     userspace_udp: "userspace-udp.toml" => exit 1 { E033 @ "6:12" }
+    /// PROXY protocol is spoken by the userspace engine only.
+    forced_nftables_proxy_protocol: "forced-nftables-proxy-protocol.toml" => exit 1 {
+        E022 @ "8:21"
+    }
+    /// A balancer that is not an address or CIDR.
+    bad_proxy_protocol_peer: "bad-proxy-protocol-peer.toml" => exit 1 { E017 @ "11:42" }
 
     // ---- actions -----------------------------------------------------------------------
     missing_targets: "missing-targets.toml" => exit 1 { E024 @ "7:1" }

@@ -40,7 +40,7 @@ pub const HELLO_MAX: usize = 64 * 1024;
 /// The largest HTTP request head a redirect route reads.
 const REQUEST_HEAD_MAX: usize = 16 * 1024;
 /// Copy buffer per direction of a connection moving data in bulk.
-const COPY_BUFFER: usize = 16 * 1024;
+const COPY_BUFFER: usize = 64 * 1024;
 /// Copy buffer per direction otherwise (and of an idle connection).
 const SMALL_BUFFER: usize = 512;
 
@@ -565,7 +565,7 @@ async fn connection(
                     let sent = upstream.write_all(&replay).await;
                     RouteMetrics::add(&metrics.bytes_in, replay.len() as u64);
                     match sent {
-                        Ok(()) => pipe(shared, stream, upstream, &metrics).await,
+                        Ok(()) => pipe_tcp(shared, stream, upstream, &metrics).await,
                         Err(e) => Err(e),
                     }
                 }
@@ -722,10 +722,40 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let started = Instant::now();
-    let last = AtomicU64::new(0);
     let (ar, aw) = tokio::io::split(a);
     let (br, bw) = tokio::io::split(b);
+    pump(shared, (ar, aw), (br, bw), metrics).await
+}
+
+/// [`pipe`] for two TCP sockets: halves without the lock `tokio::io::split` takes on
+/// every read and write.
+async fn pipe_tcp(
+    shared: &Shared,
+    mut a: TcpStream,
+    mut b: TcpStream,
+    metrics: &Arc<RouteMetrics>,
+) -> io::Result<()> {
+    let (ar, aw) = a.split();
+    let (br, bw) = b.split();
+    pump(shared, (ar, aw), (br, bw), metrics).await
+}
+
+/// Copies a→b and b→a until both directions are done, or nothing moved for the idle
+/// timeout.
+async fn pump<AR, AW, BR, BW>(
+    shared: &Shared,
+    (ar, aw): (AR, AW),
+    (br, bw): (BR, BW),
+    metrics: &Arc<RouteMetrics>,
+) -> io::Result<()>
+where
+    AR: AsyncRead + Unpin,
+    AW: AsyncWrite + Unpin,
+    BR: AsyncRead + Unpin,
+    BW: AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let last = AtomicU64::new(0);
     let up = copy(ar, bw, &metrics.bytes_in, &last, started);
     let down = copy(br, aw, &metrics.bytes_out, &last, started);
     let idle = shared.options.idle_timeout;
