@@ -59,6 +59,9 @@ impl Metrics {
             Ok(r) => r,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if let Some(m) = routes.get(name) {
+            return m.clone();
+        }
         routes.entry(name.to_owned()).or_default().clone()
     }
 

@@ -91,6 +91,9 @@ impl Shared {
             Ok(a) => a,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if let Some(a) = all.get(route) {
+            return a.clone();
+        }
         all.entry(route.to_owned()).or_default().clone()
     }
 }
