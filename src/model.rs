@@ -170,3 +170,33 @@ pub struct UserspaceTarget {
     pub port: crate::config::TargetPort,
     pub weight: u32,
 }
+
+#[cfg(test)]
+impl UserspaceRoute {
+    /// A TCP forward route on port 443 with nothing else set, for tests to adjust.
+    pub(crate) fn bare(name: &str, order: usize, priority: i64, domains: &[&str]) -> Self {
+        UserspaceRoute {
+            name: name.into(),
+            order,
+            priority,
+            protocol: crate::config::Protocol::Tcp,
+            ports: vec![crate::config::PortRange {
+                first: 443,
+                last: 443,
+            }],
+            addresses: Vec::new(),
+            domains: domains.iter().map(|d| (*d).to_owned()).collect(),
+            kind: crate::config::ActionKind::Forward,
+            targets: Vec::new(),
+            affinity: crate::config::Affinity::None,
+            allow: None,
+            block: Vec::new(),
+            max_connections: None,
+            rate_limit: None,
+            tls: None,
+            redirect: None,
+            send_proxy_protocol: false,
+            accept_proxy_protocol: Vec::new(),
+        }
+    }
+}

@@ -455,24 +455,28 @@ fn sni_routes_terminate_passthrough_default_and_unknown_names() {
     );
 }
 
-#[test]
-fn unknown_names_without_a_default_are_refused_and_counted() {
+/// One TLS-terminating route `alpha` for alpha.example.test in front of a backend: the
+/// PKI, the backend (keep it alive), serve's port and the route file.
+fn alpha_only() -> (Pki, Backend, u16, PathBuf) {
     let pki = Pki::new();
     pki.leaf("alpha", &["alpha.example.test"]);
     let a = backend("alpha");
     let port = free_port();
     let file = pki.path("routes.toml");
-    std::fs::write(
-        &file,
-        route(
-            "alpha",
-            port,
-            &["alpha.example.test"],
-            a.port,
-            &terminate("alpha"),
-        ),
-    )
-    .expect("write");
+    let text = route(
+        "alpha",
+        port,
+        &["alpha.example.test"],
+        a.port,
+        &terminate("alpha"),
+    );
+    std::fs::write(&file, text).expect("write");
+    (pki, a, port, file)
+}
+
+#[test]
+fn unknown_names_without_a_default_are_refused_and_counted() {
+    let (pki, _a, port, file) = alpha_only();
     let serve = Serve::start(&file, port);
     let client = pki.client(&[]);
     assert!(tls_get(&client, port, "other.example.test", "x").is_err());
@@ -490,22 +494,7 @@ fn unknown_names_without_a_default_are_refused_and_counted() {
 
 #[test]
 fn a_client_hello_in_one_byte_segments_still_routes() {
-    let pki = Pki::new();
-    pki.leaf("alpha", &["alpha.example.test"]);
-    let a = backend("alpha");
-    let port = free_port();
-    let file = pki.path("routes.toml");
-    std::fs::write(
-        &file,
-        route(
-            "alpha",
-            port,
-            &["alpha.example.test"],
-            a.port,
-            &terminate("alpha"),
-        ),
-    )
-    .expect("write");
+    let (pki, _a, port, file) = alpha_only();
     let _serve = Serve::start(&file, port);
     let client = pki.client(&[]);
     let mut conn = rustls::ClientConnection::new(
@@ -661,22 +650,7 @@ fn reload_moves_a_route_and_an_invalid_file_keeps_the_old_one() {
 
 #[test]
 fn sigterm_drains_and_exits_zero() {
-    let pki = Pki::new();
-    pki.leaf("alpha", &["alpha.example.test"]);
-    let a = backend("alpha");
-    let port = free_port();
-    let file = pki.path("routes.toml");
-    std::fs::write(
-        &file,
-        route(
-            "alpha",
-            port,
-            &["alpha.example.test"],
-            a.port,
-            &terminate("alpha"),
-        ),
-    )
-    .expect("write");
+    let (_pki, _a, port, file) = alpha_only();
     let mut serve = Serve::start(&file, port);
     serve.signal("TERM");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -776,22 +750,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn slowloris_connections_leave_other_clients_served_within_bounded_memory() {
-    let pki = Pki::new();
-    pki.leaf("alpha", &["alpha.example.test"]);
-    let a = backend("alpha");
-    let port = free_port();
-    let file = pki.path("routes.toml");
-    std::fs::write(
-        &file,
-        route(
-            "alpha",
-            port,
-            &["alpha.example.test"],
-            a.port,
-            &terminate("alpha"),
-        ),
-    )
-    .expect("write");
+    let (pki, _a, port, file) = alpha_only();
     // The hello timeout (3 s here) is what ends a slowloris connection.
     let serve = Serve::start(&file, port);
     let client = pki.client(&[]);

@@ -154,29 +154,10 @@ pub fn target_order(weights: &[u32], pick: u64) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ActionKind, Affinity, Protocol, TimeUnit};
+    use crate::config::TimeUnit;
 
     fn route() -> UserspaceRoute {
-        UserspaceRoute {
-            name: "r".into(),
-            order: 0,
-            priority: 0,
-            protocol: Protocol::Tcp,
-            ports: Vec::new(),
-            addresses: Vec::new(),
-            domains: Vec::new(),
-            kind: ActionKind::Forward,
-            targets: Vec::new(),
-            affinity: Affinity::None,
-            allow: None,
-            block: Vec::new(),
-            max_connections: None,
-            rate_limit: None,
-            tls: None,
-            redirect: None,
-            send_proxy_protocol: false,
-            accept_proxy_protocol: Vec::new(),
-        }
+        UserspaceRoute::bare("r", 0, 0, &[])
     }
 
     #[test]

@@ -126,32 +126,9 @@ pub fn describe(route: &UserspaceRoute) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Affinity, PortRange};
 
     fn route(name: &str, order: usize, priority: i64, domains: &[&str]) -> UserspaceRoute {
-        UserspaceRoute {
-            name: name.into(),
-            order,
-            priority,
-            protocol: Protocol::Tcp,
-            ports: vec![PortRange {
-                first: 443,
-                last: 443,
-            }],
-            addresses: Vec::new(),
-            domains: domains.iter().map(|d| (*d).to_owned()).collect(),
-            kind: ActionKind::Forward,
-            targets: Vec::new(),
-            affinity: Affinity::None,
-            allow: None,
-            block: Vec::new(),
-            max_connections: None,
-            rate_limit: None,
-            tls: None,
-            redirect: None,
-            send_proxy_protocol: false,
-            accept_proxy_protocol: Vec::new(),
-        }
+        UserspaceRoute::bare(name, order, priority, domains)
     }
 
     #[test]
