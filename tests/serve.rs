@@ -877,3 +877,25 @@ fn proxy_protocol_v2_in_from_a_listed_balancer_and_out_to_the_target() {
         unrouted + 1.0
     );
 }
+
+#[test]
+fn a_port_another_serve_holds_is_an_error_not_a_share() {
+    let (_pki, _a, port, file) = alpha_only();
+    let _first = Serve::start(&file, port);
+    let second = Command::new(env!("CARGO_BIN_EXE_smartproxy"))
+        .args([
+            "serve",
+            file.to_str().expect("utf-8"),
+            "--watch-interval",
+            "0",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("second serve runs");
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+}

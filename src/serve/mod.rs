@@ -44,6 +44,9 @@ const COPY_BUFFER: usize = 64 * 1024;
 /// Copy buffer per direction otherwise (and of an idle connection).
 const SMALL_BUFFER: usize = 512;
 
+/// The accept loops of each listening address (one per worker thread).
+type Accepting = BTreeMap<ListenAddr, Vec<JoinHandle<()>>>;
+
 /// What `smartproxy serve` was asked to do.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -207,7 +210,7 @@ async fn serve(options: Options, running: Running) -> i32 {
         open: AtomicU64::new(0),
         next: AtomicU64::new(0),
     });
-    let mut accepting: BTreeMap<ListenAddr, JoinHandle<()>> = BTreeMap::new();
+    let mut accepting: Accepting = BTreeMap::new();
     if let Err(e) = bind_all(&shared, &mut accepting) {
         eprintln!("error: {e}");
         return crate::EXIT_ERROR;
@@ -278,7 +281,7 @@ async fn serve(options: Options, running: Running) -> i32 {
         open = shared.open.load(Ordering::Relaxed),
         "stopping: no new connections; draining"
     );
-    for (_, task) in std::mem::take(&mut accepting) {
+    for task in std::mem::take(&mut accepting).into_values().flatten() {
         task.abort();
     }
     if let Some(t) = metrics_task {
@@ -317,7 +320,7 @@ fn files_stamp(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     out
 }
 
-fn reload(shared: &Arc<Shared>, accepting: &mut BTreeMap<ListenAddr, JoinHandle<()>>) {
+fn reload(shared: &Arc<Shared>, accepting: &mut Accepting) {
     match load(&shared.options) {
         Ok(running) => {
             let new: Vec<ListenAddr> = running.listeners.keys().copied().collect();
@@ -325,10 +328,10 @@ fn reload(shared: &Arc<Shared>, accepting: &mut BTreeMap<ListenAddr, JoinHandle<
                 Ok(mut r) => *r = Arc::new(running),
                 Err(poisoned) => *poisoned.into_inner() = Arc::new(running),
             }
-            accepting.retain(|addr, task| {
+            accepting.retain(|addr, tasks| {
                 let keep = new.contains(addr);
                 if !keep {
-                    task.abort();
+                    tasks.iter().for_each(JoinHandle::abort);
                     info!(%addr, "listener closed (no route uses it any more)");
                 }
                 keep
@@ -353,55 +356,70 @@ fn reload(shared: &Arc<Shared>, accepting: &mut BTreeMap<ListenAddr, JoinHandle<
 }
 
 /// Binds the listeners of the running configuration that are not bound yet.
-fn bind_all(
-    shared: &Arc<Shared>,
-    accepting: &mut BTreeMap<ListenAddr, JoinHandle<()>>,
-) -> Result<(), String> {
+fn bind_all(shared: &Arc<Shared>, accepting: &mut Accepting) -> Result<(), String> {
     let running = shared.running();
     for addr in running.listeners.keys() {
         if accepting.contains_key(addr) {
             continue;
         }
-        let listener = bind(*addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        let shared = shared.clone();
+        let listeners = bind(*addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let addr = *addr;
-        accepting.insert(
-            addr,
-            tokio::spawn(async move {
-                loop {
-                    match listener.accept().await {
-                        Ok((stream, peer)) => {
-                            let shared = shared.clone();
-                            shared.open.fetch_add(1, Ordering::Relaxed);
-                            tokio::spawn(async move {
-                                connection(&shared, addr, stream, peer).await;
-                                shared.open.fetch_sub(1, Ordering::Relaxed);
-                            });
-                        }
-                        Err(e) => {
-                            warn!(%addr, "accept: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+        let tasks = listeners
+            .into_iter()
+            .map(|listener| {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    loop {
+                        match listener.accept().await {
+                            Ok((stream, peer)) => {
+                                let shared = shared.clone();
+                                shared.open.fetch_add(1, Ordering::Relaxed);
+                                tokio::spawn(async move {
+                                    connection(&shared, addr, stream, peer).await;
+                                    shared.open.fetch_sub(1, Ordering::Relaxed);
+                                });
+                            }
+                            Err(e) => {
+                                warn!(%addr, "accept: {e}");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
                         }
                     }
-                }
-            }),
-        );
+                })
+            })
+            .collect();
+        accepting.insert(addr, tasks);
     }
     Ok(())
 }
 
-/// A listening socket; `[::]` is IPv6 only, so that `0.0.0.0` on the same port can coexist.
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let domain = socket2::Domain::for_address(addr);
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+/// Listening sockets for one address, one per worker thread (`SO_REUSEPORT`: the kernel
+/// spreads new connections over them). `[::]` is IPv6 only, so that `0.0.0.0` on the same
+/// port can coexist. The port is first bound without `SO_REUSEPORT`, so that a port held by
+/// another program (or another serve) is an error, not a silent share.
+fn bind(addr: SocketAddr) -> io::Result<Vec<TcpListener>> {
+    let socket = |reuse_port: bool| -> io::Result<socket2::Socket> {
+        let domain = socket2::Domain::for_address(addr);
+        let socket =
+            socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(reuse_port)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        Ok(socket)
+    };
+    drop(socket(false)?);
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (0..workers)
+        .map(|_| {
+            let s = socket(true)?;
+            s.listen(4096)?;
+            TcpListener::from_std(s.into())
+        })
+        .collect()
 }
 
 /// What a connection's ClientHello said.
