@@ -305,6 +305,14 @@ fn main() {
     std::fs::write(d.join("haproxy.cfg"), haproxy_cfg(d)).expect("haproxy.cfg");
 
     let mut t = topology();
+    // The gateway is the engines' client toward the backend: tuned as one would tune a
+    // proxy host (both engines alike), so that ports and TIME_WAIT do not decide the rate.
+    t.gateway.exec_ok(&[
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_local_port_range=1024 65000",
+        "net.ipv4.tcp_tw_reuse=1",
+    ]);
     let ndir = d.join("nginx");
     std::fs::create_dir_all(&ndir).expect("nginx dir");
     let conf = nginx_conf(&ndir);

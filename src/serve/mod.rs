@@ -44,7 +44,7 @@ const COPY_BUFFER: usize = 64 * 1024;
 /// Copy buffer per direction otherwise (and of an idle connection).
 const SMALL_BUFFER: usize = 512;
 
-/// The accept loops of each listening address (one per worker thread).
+/// The accept loops of each listening address.
 type Accepting = BTreeMap<ListenAddr, Vec<JoinHandle<()>>>;
 
 /// What `smartproxy serve` was asked to do.
@@ -393,33 +393,22 @@ fn bind_all(shared: &Arc<Shared>, accepting: &mut Accepting) -> Result<(), Strin
     Ok(())
 }
 
-/// Listening sockets for one address, one per worker thread (`SO_REUSEPORT`: the kernel
-/// spreads new connections over them). `[::]` is IPv6 only, so that `0.0.0.0` on the same
-/// port can coexist. The port is first bound without `SO_REUSEPORT`, so that a port held by
-/// another program (or another serve) is an error, not a silent share.
+/// The listening socket of one address. `[::]` is IPv6 only, so that `0.0.0.0` on the same
+/// port can coexist. One accept loop per address: with one `SO_REUSEPORT` socket and loop
+/// per worker thread, new connections per second fell from ~9.8k to ~8.8k in the serve
+/// bench (BENCHMARKS.md). No `SO_REUSEPORT`: a port held by another program (or another
+/// serve) is an error, not a silent share.
 fn bind(addr: SocketAddr) -> io::Result<Vec<TcpListener>> {
-    let socket = |reuse_port: bool| -> io::Result<socket2::Socket> {
-        let domain = socket2::Domain::for_address(addr);
-        let socket =
-            socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(reuse_port)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        Ok(socket)
-    };
-    drop(socket(false)?);
-    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    (0..workers)
-        .map(|_| {
-            let s = socket(true)?;
-            s.listen(4096)?;
-            TcpListener::from_std(s.into())
-        })
-        .collect()
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(vec![TcpListener::from_std(socket.into())?])
 }
 
 /// What a connection's ClientHello said.
