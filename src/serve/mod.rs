@@ -79,6 +79,10 @@ struct Shared {
     open: AtomicU64,
     /// Spreads new connections over a route's targets.
     next: AtomicU64,
+    /// One single-threaded runtime per core: each accepts on its own `SO_REUSEPORT`
+    /// socket of every listener and runs the connections it accepted, as HAProxy's threads
+    /// and nginx's workers do (a shared work-stealing runtime spent its time waking threads).
+    workers: Vec<tokio::runtime::Handle>,
 }
 
 impl Shared {
@@ -188,7 +192,7 @@ pub fn run(options: Options) -> i32 {
             return crate::EXIT_ERROR;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -198,10 +202,46 @@ pub fn run(options: Options) -> i32 {
             return crate::EXIT_ERROR;
         }
     };
-    runtime.block_on(serve(options, running))
+    let workers = match start_workers() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: cannot start the worker threads: {e}");
+            return crate::EXIT_ERROR;
+        }
+    };
+    runtime.block_on(serve(options, running, workers))
 }
 
-async fn serve(options: Options, running: Running) -> i32 {
+/// One thread with a single-threaded runtime per core; their handles.
+fn start_workers() -> io::Result<Vec<tokio::runtime::Handle>> {
+    let n = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (0..n)
+        .map(|i| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name(format!("serve-{i}"))
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => {
+                            let _ = tx.send(Ok(rt.handle().clone()));
+                            rt.block_on(std::future::pending::<()>());
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                })?;
+            rx.recv()
+                .map_err(|e| io::Error::other(e.to_string()))
+                .and_then(|r| r)
+        })
+        .collect()
+}
+
+async fn serve(options: Options, running: Running, workers: Vec<tokio::runtime::Handle>) -> i32 {
     let shared = Arc::new(Shared {
         options: options.clone(),
         running: RwLock::new(Arc::new(running)),
@@ -209,6 +249,7 @@ async fn serve(options: Options, running: Running) -> i32 {
         admissions: std::sync::Mutex::new(HashMap::new()),
         open: AtomicU64::new(0),
         next: AtomicU64::new(0),
+        workers,
     });
     let mut accepting: Accepting = BTreeMap::new();
     if let Err(e) = bind_all(&shared, &mut accepting) {
@@ -362,13 +403,22 @@ fn bind_all(shared: &Arc<Shared>, accepting: &mut Accepting) -> Result<(), Strin
         if accepting.contains_key(addr) {
             continue;
         }
-        let listeners = bind(*addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let listeners = bind(*addr, shared.workers.len())
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let addr = *addr;
         let tasks = listeners
             .into_iter()
-            .map(|listener| {
+            .zip(&shared.workers)
+            .map(|(listener, worker)| {
                 let shared = shared.clone();
-                tokio::spawn(async move {
+                worker.spawn(async move {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            warn!(%addr, "cannot accept: {e}");
+                            return;
+                        }
+                    };
                     loop {
                         match listener.accept().await {
                             Ok((stream, peer)) => {
@@ -393,22 +443,32 @@ fn bind_all(shared: &Arc<Shared>, accepting: &mut Accepting) -> Result<(), Strin
     Ok(())
 }
 
-/// The listening socket of one address. `[::]` is IPv6 only, so that `0.0.0.0` on the same
-/// port can coexist. One accept loop per address: with one `SO_REUSEPORT` socket and loop
-/// per worker thread, new connections per second fell from ~9.8k to ~8.8k in the serve
-/// bench (BENCHMARKS.md). No `SO_REUSEPORT`: a port held by another program (or another
-/// serve) is an error, not a silent share.
-fn bind(addr: SocketAddr) -> io::Result<Vec<TcpListener>> {
-    let domain = socket2::Domain::for_address(addr);
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    Ok(vec![TcpListener::from_std(socket.into())?])
+/// `count` listening sockets for one address, one per worker (`SO_REUSEPORT`: the kernel
+/// spreads new connections over them). `[::]` is IPv6 only, so that `0.0.0.0` on the same
+/// port can coexist. The port is first bound without `SO_REUSEPORT`, so that a port held by
+/// another program (or another serve) is an error, not a silent share.
+fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let socket = |reuse_port: bool| -> io::Result<socket2::Socket> {
+        let domain = socket2::Domain::for_address(addr);
+        let socket =
+            socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(reuse_port)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        Ok(socket)
+    };
+    drop(socket(false)?);
+    (0..count.max(1))
+        .map(|_| {
+            let s = socket(true)?;
+            s.listen(4096)?;
+            Ok(s.into())
+        })
+        .collect()
 }
 
 /// What a connection's ClientHello said.
