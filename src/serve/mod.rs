@@ -536,7 +536,13 @@ async fn connection(
     let Some(listener) = running.listeners.get(&addr).cloned() else {
         return;
     };
-    let mut local = stream.local_addr().unwrap_or(addr);
+    // The listening address is the local one unless it is a wildcard (a syscall saved
+    // per connection).
+    let mut local = if addr.ip().is_unspecified() {
+        stream.local_addr().unwrap_or(addr)
+    } else {
+        addr
+    };
     let _ = stream.set_nodelay(true);
     // A front load balancer we trust tells us who the client is.
     let mut peer = peer;
