@@ -119,7 +119,9 @@ fn answer<S: Read + Write>(name: &str, s: &mut S) {
     let _ = s.flush();
 }
 
-fn backend(name: &'static str) -> Backend {
+/// A backend on a free loopback port that runs `handle` for each connection on its own
+/// thread.
+fn spawn_backend(handle: impl Fn(TcpStream) + Send + Sync + Copy + 'static) -> Backend {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let stop = Arc::new(AtomicBool::new(false));
@@ -129,14 +131,18 @@ fn backend(name: &'static str) -> Backend {
             if flag.load(Ordering::Relaxed) {
                 break;
             }
-            let Ok(mut s) = s else { continue };
-            thread::spawn(move || {
-                answer(name, &mut s);
-                let _ = s.shutdown(Shutdown::Both);
-            });
+            let Ok(s) = s else { continue };
+            thread::spawn(move || handle(s));
         }
     });
     Backend { port, stop }
+}
+
+fn backend(name: &'static str) -> Backend {
+    spawn_backend(move |mut s| {
+        answer(name, &mut s);
+        let _ = s.shutdown(Shutdown::Both);
+    })
 }
 
 /// A TLS backend with its own certificate; says which ALPN it agreed.
@@ -787,41 +793,28 @@ fn slowloris_connections_leave_other_clients_served_within_bounded_memory() {
 
 /// A backend that reads a PROXY v2 header, then a line; answers with the announced source.
 fn proxy_protocol_backend() -> Backend {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    thread::spawn(move || {
-        for s in listener.incoming() {
-            if flag.load(Ordering::Relaxed) {
-                break;
-            }
-            let Ok(mut s) = s else { continue };
-            thread::spawn(move || {
-                let mut head = [0u8; 16];
-                if s.read_exact(&mut head).is_err() || &head[..12] != b"\r\n\r\n\0\r\nQUIT\n" {
-                    let _ = s.write_all(b"no PROXY header\n");
-                    return;
-                }
-                let len = usize::from(u16::from_be_bytes([head[14], head[15]]));
-                let mut payload = vec![0u8; len];
-                s.read_exact(&mut payload).expect("payload");
-                let source = match head[13] {
-                    0x11 => format!(
-                        "{}.{}.{}.{}:{}",
-                        payload[0],
-                        payload[1],
-                        payload[2],
-                        payload[3],
-                        u16::from_be_bytes([payload[8], payload[9]])
-                    ),
-                    other => format!("family {other:#x}"),
-                };
-                answer(&format!("pp from {source}"), &mut s);
-            });
+    spawn_backend(|mut s| {
+        let mut head = [0u8; 16];
+        if s.read_exact(&mut head).is_err() || &head[..12] != b"\r\n\r\n\0\r\nQUIT\n" {
+            let _ = s.write_all(b"no PROXY header\n");
+            return;
         }
-    });
-    Backend { port, stop }
+        let len = usize::from(u16::from_be_bytes([head[14], head[15]]));
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).expect("payload");
+        let source = match head[13] {
+            0x11 => format!(
+                "{}.{}.{}.{}:{}",
+                payload[0],
+                payload[1],
+                payload[2],
+                payload[3],
+                u16::from_be_bytes([payload[8], payload[9]])
+            ),
+            other => format!("family {other:#x}"),
+        };
+        answer(&format!("pp from {source}"), &mut s);
+    })
 }
 
 fn proxy_header(source: [u8; 4], source_port: u16, port: u16) -> Vec<u8> {
