@@ -213,6 +213,8 @@ cases! {
     forced_nftables_proxy_protocol: "forced-nftables-proxy-protocol.toml" => exit 1 {
         E022 @ "8:21"
     }
+    /// Target verification settings on a mode that never talks TLS to the targets.
+    tls_ca_without_reencrypt: "tls-ca-without-reencrypt.toml" => exit 1 { E030 @ "13:24" }
     /// A balancer that is not an address or CIDR.
     bad_proxy_protocol_peer: "bad-proxy-protocol-peer.toml" => exit 1 { E017 @ "11:42" }
 

@@ -443,10 +443,13 @@ fn sni_routes_terminate_passthrough_default_and_unknown_names() {
         4.0,
         "\"one\\n\""
     );
-    assert_eq!(
-        m("smartproxy_serve_bytes_out_total", "alpha"),
-        "alpha got one\n".len() as f64
-    );
+    // Counted once written to the client, which may read it a moment before.
+    let want = "alpha got one\n".len() as f64;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while m("smartproxy_serve_bytes_out_total", "alpha") != want {
+        assert!(Instant::now() < deadline, "bytes out never reached {want}");
+        thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(m("smartproxy_serve_connections_total", "fallback"), 2.0);
     // The connection task ends a moment after the client has its answer.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -736,10 +739,15 @@ fn reencrypt_verifies_the_target_and_passes_alpn_on() {
 
     // A target with an untrusted certificate is never talked to in clear.
     assert!(tls_get(&pki.client(&[]), port, "rogue.example.test", "secret").is_err());
-    assert_eq!(
-        serve.metric("smartproxy_serve_errors_total", Some("rogue")),
-        1.0
-    );
+    // Counted as the connection ends, a moment after the client saw it fail.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while serve.metric("smartproxy_serve_errors_total", Some("rogue")) != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the refused target is not counted as an error"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Resident memory of a process, from /proc.
@@ -890,5 +898,72 @@ fn a_port_another_serve_holds_is_an_error_not_a_share() {
     assert!(
         stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")) && stderr.contains("in use"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn reencrypt_trusts_a_per_route_ca_or_nobody_when_told_loudly() {
+    let pki = Pki::new();
+    pki.leaf(
+        "front",
+        &[
+            "app.example.test",
+            "lax.example.test",
+            "strict.example.test",
+        ],
+    );
+    let (back_cert, back_key) = pki.leaf("back", &["app.example.test"]);
+    let back = tls_backend("back", back_cert, back_key, &[]);
+    let rogue_pki = Pki::new();
+    let (rogue_cert, rogue_key) = rogue_pki.leaf("rogue", &["rogue.example.test"]);
+    let rogue = tls_backend("rogue", rogue_cert, rogue_key, &[]);
+    let port = free_port();
+    let tls = |extra: &str| {
+        format!(
+            "[routes.action.tls]\nmode = \"terminate-and-reencrypt\"\n\
+             certificate = {{ cert = \"front.pem\", key = \"front.key\" }}\n{extra}"
+        )
+    };
+    let mut text = route(
+        "app",
+        port,
+        &["app.example.test"],
+        back.port,
+        &tls("ca = \"ca.pem\"\n"),
+    );
+    text += &route(
+        "strict",
+        port,
+        &["strict.example.test"],
+        rogue.port,
+        &tls("ca = \"ca.pem\"\n"),
+    );
+    text += &route(
+        "lax",
+        port,
+        &["lax.example.test"],
+        rogue.port,
+        &tls("insecure_skip_verify = true\n"),
+    );
+    let file = pki.path("routes.toml");
+    std::fs::write(&file, text).expect("write");
+    // The system roots do not know the test CA: only the route's `ca` does.
+    let nowhere = pki.path("no-roots.pem");
+    std::fs::write(&nowhere, "").expect("write");
+    let serve = Serve::start_with(&file, port, &[("SSL_CERT_FILE", nowhere.as_path())]);
+    let client = pki.client(&[]);
+
+    let (got, _) = tls_get(&client, port, "app.example.test", "a").expect("per-route CA");
+    assert_eq!(got, "back[alpn=-] got a");
+    assert!(
+        tls_get(&client, port, "strict.example.test", "b").is_err(),
+        "a target the route's CA did not sign is refused"
+    );
+    let (got, _) = tls_get(&client, port, "lax.example.test", "c").expect("insecure route");
+    assert_eq!(got, "rogue[alpn=-] got c");
+    assert!(
+        serve.log().contains("route=lax") && serve.log().contains("NOT verified"),
+        "insecure_skip_verify is announced:\n{}",
+        serve.log()
     );
 }

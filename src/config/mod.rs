@@ -257,6 +257,11 @@ pub struct Tls {
     /// Absolute or relative-to-cwd paths, resolved against the route file's folder.
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// terminate-and-reencrypt: verify targets against this CA file instead of the
+    /// system's roots.
+    pub ca: Option<PathBuf>,
+    /// terminate-and-reencrypt: do not verify targets (logged loudly on every load).
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -125,6 +125,10 @@ pub struct RawTls {
     pub rejected: Rejected,
     pub mode: Option<Sp<String>>,
     pub certificate: Option<RawCertificate>,
+    /// terminate-and-reencrypt: the CA file that signs the targets' certificates.
+    pub ca: Option<Sp<String>>,
+    /// terminate-and-reencrypt: do not verify the targets' certificates at all.
+    pub insecure_skip_verify: Option<Sp<bool>>,
 }
 
 #[derive(Debug)]
@@ -181,7 +185,7 @@ const NFTABLES_KEYS: &[&str] = &[
     "use_ip_sets",
     "use_advanced_nat",
 ];
-const TLS_KEYS: &[&str] = &["mode", "certificate"];
+const TLS_KEYS: &[&str] = &["mode", "certificate", "ca", "insecure_skip_verify"];
 const CERT_KEYS: &[&str] = &["cert", "key"];
 const REDIRECT_KEYS: &[&str] = &["to", "status"];
 
@@ -511,11 +515,15 @@ impl Cx<'_> {
             rejected: Rejected::default(),
             mode: None,
             certificate: None,
+            ca: None,
+            insecure_skip_verify: None,
         };
         for (key, value) in table.iter() {
             let before = self.diags.len();
             match key.get_ref().as_ref() {
                 "mode" => t.mode = self.string(value),
+                "ca" => t.ca = self.string(value),
+                "insecure_skip_verify" => t.insecure_skip_verify = self.bool(value),
                 "certificate" => {
                     if let Some(c) = self.table(value, "a `{ cert, key }` table") {
                         let mut cert = RawCertificate {

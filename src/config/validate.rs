@@ -1117,7 +1117,39 @@ fn tls(t: &super::parse::RawTls, dir: &Path, diags: &mut Vec<Diagnostic>) -> Opt
             (cert, key)
         }
     };
-    Some(Tls { mode, cert, key })
+    let insecure_skip_verify = t.insecure_skip_verify.as_ref().is_some_and(|b| b.value);
+    let ca = match &t.ca {
+        Some(ca) if mode == TlsMode::TerminateAndReencrypt => {
+            pem_at(ca, dir, PemKind::Certificate, diags)
+        }
+        _ => None,
+    };
+    if mode != TlsMode::TerminateAndReencrypt {
+        let ignored = [
+            t.ca.as_ref().map(|c| (c.span, "ca")),
+            t.insecure_skip_verify
+                .as_ref()
+                .map(|b| (b.span, "insecure_skip_verify")),
+        ];
+        for (span, key) in ignored.into_iter().flatten() {
+            diags.push(
+                Diagnostic::error(
+                    "E030",
+                    span,
+                    format!("`{key}` has no effect: only `terminate-and-reencrypt` talks TLS to the targets"),
+                )
+                .label("ignored")
+                .help("remove it, or use `mode = \"terminate-and-reencrypt\"`"),
+            );
+        }
+    }
+    Some(Tls {
+        mode,
+        cert,
+        key,
+        ca,
+        insecure_skip_verify,
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -1148,6 +1180,16 @@ fn pem_file(
         ));
         return None;
     };
+    pem_at(path, dir, kind, diags)
+}
+
+/// Checks that `path` (relative to `dir`) is a readable PEM file of `kind`.
+fn pem_at(
+    path: &Sp<String>,
+    dir: &Path,
+    kind: PemKind,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<PathBuf> {
     let full = dir.join(&path.value);
     let bytes = match std::fs::read(&full) {
         Ok(b) => b,

@@ -65,8 +65,8 @@ struct Running {
     listeners: BTreeMap<ListenAddr, Arc<Listener>>,
     /// TLS server configurations of the routes that terminate, by route name.
     server_tls: HashMap<String, Arc<rustls::ServerConfig>>,
-    /// TLS client configuration for re-encrypting to targets.
-    client_tls: Arc<rustls::ClientConfig>,
+    /// TLS client configurations for re-encrypting to targets, by route name.
+    client_tls: HashMap<String, Arc<rustls::ClientConfig>>,
 }
 
 struct Shared {
@@ -117,10 +117,33 @@ fn load(options: &Options) -> Result<Running, String> {
     let model =
         crate::lower::lower(cfg, &crate::lower::SystemResolver).map_err(|d| rendered(&d))?;
     let mut server_tls = HashMap::new();
+    let mut client_tls = HashMap::new();
+    let mut system_roots: Option<Arc<rustls::ClientConfig>> = None;
     for r in &model.userspace {
         let Some(tls) = &r.tls else { continue };
         if tls.mode == TlsMode::Passthrough {
             continue;
+        }
+        if tls.mode == TlsMode::TerminateAndReencrypt {
+            let config = if tls.insecure_skip_verify {
+                warn!(
+                    route = %r.name,
+                    "insecure_skip_verify: the targets' certificates are NOT verified; anyone on the path to them can read and change this route's traffic"
+                );
+                Arc::new(client_config(Roots::None)?)
+            } else if let Some(ca) = &tls.ca {
+                Arc::new(client_config(Roots::File(ca))?)
+            } else {
+                match &system_roots {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = Arc::new(client_config(Roots::System)?);
+                        system_roots = Some(c.clone());
+                        c
+                    }
+                }
+            };
+            client_tls.insert(r.name.clone(), config);
         }
         let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else {
             return Err(format!(
@@ -136,7 +159,7 @@ fn load(options: &Options) -> Result<Running, String> {
             .map(|(a, l)| (a, Arc::new(l)))
             .collect(),
         server_tls,
-        client_tls: Arc::new(client_config()?),
+        client_tls,
     })
 }
 
@@ -161,21 +184,97 @@ fn server_config(
         .map_err(|e| format!("`{}`: {e}", cert.display()))
 }
 
-/// The client side of re-encryption: the system's roots (`SSL_CERT_FILE` / `SSL_CERT_DIR`
-/// override them, as for OpenSSL).
-fn client_config() -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for cert in found.certs {
-        let _ = roots.add(cert);
+/// Whom re-encryption trusts for a route's targets.
+enum Roots<'a> {
+    /// The system's roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` override them, as for OpenSSL).
+    System,
+    /// The route's `ca` file.
+    File(&'a std::path::Path),
+    /// Nobody checks: `insecure_skip_verify` (signatures are still checked, the chain and
+    /// the name are not).
+    None,
+}
+
+/// The client side of re-encryption.
+fn client_config(roots: Roots<'_>) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let mut store = rustls::RootCertStore::empty();
+    match roots {
+        Roots::System => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = store.add(cert);
+            }
+        }
+        Roots::File(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+            for cert in rustls_pemfile::certs(&mut bytes.as_slice()) {
+                let cert = cert.map_err(|e| format!("`{}`: {e}", path.display()))?;
+                store
+                    .add(cert)
+                    .map_err(|e| format!("`{}`: {e}", path.display()))?;
+            }
+        }
+        Roots::None => {
+            return Ok(builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+                .with_no_client_auth());
+        }
     }
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth())
+    Ok(builder.with_root_certificates(store).with_no_client_auth())
+}
+
+/// `insecure_skip_verify`: accepts any certificate chain and name, checks signatures.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Runs serve until SIGTERM/SIGINT; the exit code.
@@ -747,7 +846,12 @@ async fn terminate(
             .alpn()
             .map(|a| a.map(<[u8]>::to_vec).collect())
             .unwrap_or_default();
-        let mut client_config = (*running.client_tls).clone();
+        let Some(client_tls) = running.client_tls.get(&route.name) else {
+            return Err(io::Error::other(
+                "no TLS client configuration for the route",
+            ));
+        };
+        let mut client_config = (**client_tls).clone();
         client_config.alpn_protocols = offered;
         let name = sni
             .clone()
