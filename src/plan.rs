@@ -111,9 +111,13 @@ fn fingerprint_of(parsed: Option<&Listing>) -> String {
         hasher.update(format!("route {name}\n"));
         hasher.update(unit.text());
     }
-    let digest = hasher.finalize();
-    let mut out = String::from("sha256:");
-    for b in digest {
+    format!("sha256:{}", lower_hex(&hasher.finalize()))
+}
+
+/// Bytes as lowercase hex (digests in fingerprints and cache keys).
+pub(crate) fn lower_hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
         let _ = write!(out, "{b:02x}");
     }
     out
