@@ -55,26 +55,18 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn route(&self, name: &str) -> Arc<RouteMetrics> {
-        let mut routes = match self.routes.lock() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(m) = routes.get(name) {
-            return m.clone();
-        }
-        routes.entry(name.to_owned()).or_default().clone()
+        super::by_name(&self.routes, name)
     }
 
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
-        let routes: Vec<(String, Arc<RouteMetrics>)> = match self.routes.lock() {
-            Ok(r) => r.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            Err(poisoned) => poisoned
-                .into_inner()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        };
+        let routes: Vec<(String, Arc<RouteMetrics>)> = self
+            .routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let mut out = String::new();
         let families: [Family; 7] = [
             (

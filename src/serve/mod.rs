@@ -19,7 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -74,7 +74,7 @@ struct Shared {
     running: RwLock<Arc<Running>>,
     metrics: Arc<Metrics>,
     /// Per-route admission state, by route name (kept across reloads).
-    admissions: std::sync::Mutex<HashMap<String, Arc<Admission>>>,
+    admissions: Mutex<BTreeMap<String, Arc<Admission>>>,
     /// Connections open now, for draining.
     open: AtomicU64,
     /// Spreads new connections over a route's targets.
@@ -87,22 +87,25 @@ struct Shared {
 
 impl Shared {
     fn running(&self) -> Arc<Running> {
-        match self.running.read() {
-            Ok(r) => r.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.running
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn admission(&self, route: &str) -> Arc<Admission> {
-        let mut all = match self.admissions.lock() {
-            Ok(a) => a,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(a) = all.get(route) {
-            return a.clone();
-        }
-        all.entry(route.to_owned()).or_default().clone()
+        by_name(&self.admissions, route)
     }
+}
+
+/// The entry of `name` in a per-route map of shared state, made on first use (without an
+/// allocation once it exists: this runs for every connection).
+pub(crate) fn by_name<T: Default>(map: &Mutex<BTreeMap<String, Arc<T>>>, name: &str) -> Arc<T> {
+    let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(entry) = map.get(name) {
+        return entry.clone();
+    }
+    map.entry(name.to_owned()).or_default().clone()
 }
 
 /// Loads the route files into what serve runs; errors are rendered (file:line:col).
@@ -345,7 +348,7 @@ async fn serve(options: Options, running: Running, workers: Vec<tokio::runtime::
         options: options.clone(),
         running: RwLock::new(Arc::new(running)),
         metrics: Arc::new(Metrics::default()),
-        admissions: std::sync::Mutex::new(HashMap::new()),
+        admissions: Mutex::new(BTreeMap::new()),
         open: AtomicU64::new(0),
         next: AtomicU64::new(0),
         workers,
@@ -464,10 +467,10 @@ fn reload(shared: &Arc<Shared>, accepting: &mut Accepting) {
     match load(&shared.options) {
         Ok(running) => {
             let new: Vec<ListenAddr> = running.listeners.keys().copied().collect();
-            match shared.running.write() {
-                Ok(mut r) => *r = Arc::new(running),
-                Err(poisoned) => *poisoned.into_inner() = Arc::new(running),
-            }
+            *shared
+                .running
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = Arc::new(running);
             accepting.retain(|addr, tasks| {
                 let keep = new.contains(addr);
                 if !keep {
@@ -651,38 +654,22 @@ async fn connection(
         .any(|n| n.contains(&policy::canonical(peer.ip())))
     {
         let header = proxy_protocol::read(&mut stream);
-        match tokio::time::timeout(shared.options.hello_timeout, header).await {
-            Ok(Ok(Some((source, destination)))) => {
-                peer = source;
-                local = destination;
-            }
-            Ok(Ok(None)) => {} // LOCAL: the balancer's own health check
-            Ok(Err(e)) => {
-                shared.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
-                info!(%peer, %addr, "bad PROXY protocol header: {e}");
-                return;
-            }
-            Err(_) => {
-                shared.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
-                info!(%peer, %addr, "no PROXY protocol header within the hello timeout");
-                return;
-            }
+        let Some(header) = opening(shared, peer, addr, "PROXY protocol header", header).await
+        else {
+            return;
+        };
+        // None: LOCAL, the balancer's own health check.
+        if let Some((source, destination)) = header {
+            peer = source;
+            local = destination;
         }
     }
     let hello = if listener.needs_hello() {
-        match tokio::time::timeout(shared.options.hello_timeout, read_hello(&mut stream)).await {
-            Ok(Ok(h)) => Some(h),
-            Ok(Err(e)) => {
-                shared.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
-                info!(%peer, %addr, "no ClientHello: {e}");
-                return;
-            }
-            Err(_) => {
-                shared.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
-                info!(%peer, %addr, "no ClientHello within the hello timeout");
-                return;
-            }
-        }
+        let hello = read_hello(&mut stream);
+        let Some(hello) = opening(shared, peer, addr, "ClientHello", hello).await else {
+            return;
+        };
+        Some(hello)
     } else {
         None
     };
@@ -752,6 +739,25 @@ async fn connection(
         RouteMetrics::add(&metrics.errors, 1);
         info!(route = %route.name, %peer, "connection error: {e}");
     }
+}
+
+/// What a connection must send first (a PROXY header, a ClientHello), read within the
+/// hello timeout; `None`, counted as unrouted and logged, when it did not come.
+async fn opening<T>(
+    shared: &Shared,
+    peer: SocketAddr,
+    addr: ListenAddr,
+    what: &str,
+    read: impl std::future::Future<Output = io::Result<T>>,
+) -> Option<T> {
+    let why = match tokio::time::timeout(shared.options.hello_timeout, read).await {
+        Ok(Ok(value)) => return Some(value),
+        Ok(Err(e)) => format!("no valid {what}: {e}"),
+        Err(_) => format!("no {what} within the hello timeout"),
+    };
+    shared.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
+    info!(%peer, %addr, "{why}");
+    None
 }
 
 /// The port a target gets for a connection that arrived on `local_port`.
