@@ -121,7 +121,8 @@ fn answer<S: Read + Write>(name: &str, s: &mut S) {
 
 /// A backend on a free loopback port that runs `handle` for each connection on its own
 /// thread.
-fn spawn_backend(handle: impl Fn(TcpStream) + Send + Sync + Copy + 'static) -> Backend {
+fn spawn_backend(handle: impl Fn(TcpStream) + Send + Sync + 'static) -> Backend {
+    let handle = Arc::new(handle);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let stop = Arc::new(AtomicBool::new(false));
@@ -132,6 +133,7 @@ fn spawn_backend(handle: impl Fn(TcpStream) + Send + Sync + Copy + 'static) -> B
                 break;
             }
             let Ok(s) = s else { continue };
+            let handle = handle.clone();
             thread::spawn(move || handle(s));
         }
     });
@@ -162,36 +164,22 @@ fn tls_backend(
     .expect("server config");
     config.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
     let config = Arc::new(config);
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    thread::spawn(move || {
-        for s in listener.incoming() {
-            if flag.load(Ordering::Relaxed) {
-                break;
-            }
-            let Ok(s) = s else { continue };
-            let config = config.clone();
-            thread::spawn(move || {
-                let Ok(conn) = rustls::ServerConnection::new(config) else {
-                    return;
-                };
-                let mut tls = rustls::StreamOwned::new(conn, s);
-                let _ = tls.conn.complete_io(&mut tls.sock);
-                let alpn = tls
-                    .conn
-                    .alpn_protocol()
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .unwrap_or_else(|| "-".into());
-                let label = format!("{name}[alpn={alpn}]");
-                answer(&label, &mut tls);
-                tls.conn.send_close_notify();
-                let _ = tls.conn.complete_io(&mut tls.sock);
-            });
-        }
-    });
-    Backend { port, stop }
+    spawn_backend(move |s| {
+        let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+            return;
+        };
+        let mut tls = rustls::StreamOwned::new(conn, s);
+        let _ = tls.conn.complete_io(&mut tls.sock);
+        let alpn = tls
+            .conn
+            .alpn_protocol()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .unwrap_or_else(|| "-".into());
+        let label = format!("{name}[alpn={alpn}]");
+        answer(&label, &mut tls);
+        tls.conn.send_close_notify();
+        let _ = tls.conn.complete_io(&mut tls.sock);
+    })
 }
 
 // ---------------------------------------------------------------- serve
