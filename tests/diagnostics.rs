@@ -109,6 +109,8 @@ cases! {
     cert_missing_key: "cert-missing-key.toml" => exit 1 { E005 @ "13:15" }
     /// A redirect section without `to`.
     redirect_without_to: "redirect-without-to.toml" => exit 1 { E005 @ "10:1" }
+    /// A redirect to nothing but spaces.
+    redirect_to_empty: "redirect-to-empty.toml" => exit 1 { E005 @ "11:6" }
     /// Two files of one directory both hold `[settings]`: both are named.
     two_settings: "two-settings" => exit 1 { E006 @ "10-web.toml:1:1" }
     /// A path that does not exist.

@@ -352,7 +352,7 @@ fn clean_route(i: usize) -> impl Strategy<Value = RouteSpec> {
             tls(),
             prop::collection::vec(domain(), 1..3),
             prop::sample::select(vec![301i64, 302, 303, 307, 308]),
-            "[ -~]{1,30}",
+            "[!-~][ -~]{0,29}",
         ),
     )
         .prop_flat_map(
@@ -640,8 +640,16 @@ fn apply(mut file: FileSpec, edits: &[Edit]) -> FileSpec {
                 slots[s % count].push((k.clone(), v.clone()));
             }
             Edit::DuplicateName(j) => {
-                let name = file.routes[0].top[0].clone();
-                file.routes[j % n].top[0] = name;
+                // Earlier edits may have deleted or renamed the name line.
+                let name_of = |top: &Lines| top.iter().position(|(k, _)| k == "name");
+                if let Some(from) = name_of(&file.routes[0].top) {
+                    let name = file.routes[0].top[from].1.clone();
+                    let other = &mut file.routes[j % n].top;
+                    match name_of(other) {
+                        Some(to) => other[to].1 = name,
+                        None => other.push(("name".into(), name)),
+                    }
+                }
             }
             Edit::SamePorts(j) => {
                 let matcher = file.routes[0].matcher.clone();

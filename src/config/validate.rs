@@ -1275,8 +1275,16 @@ fn redirect(
         (Some(r), Some(ActionKind::Redirect)) => {
             let to = match &r.to {
                 Some(to) if !to.value.trim().is_empty() => Some(to.value.clone()),
+                Some(to) => {
+                    diags.push(
+                        Diagnostic::error("E005", to.span, "redirect `to` is empty")
+                            .label("nothing to redirect to")
+                            .help("set `to = \"https://{host}{path}\"`"),
+                    );
+                    None
+                }
                 None if r.rejected.contains("to") => None,
-                _ => {
+                None => {
                     diags.push(missing(
                         r.span,
                         "redirect `to`",
