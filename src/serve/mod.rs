@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -44,6 +44,9 @@ const COPY_BUFFER: usize = 64 * 1024;
 /// Copy buffer per direction otherwise (and of an idle connection).
 const SMALL_BUFFER: usize = 512;
 
+/// How often each worker's runtime wakes for nothing (see [`start_workers`]).
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
 /// The accept loops of each listening address.
 type Accepting = BTreeMap<ListenAddr, Vec<JoinHandle<()>>>;
 
@@ -67,6 +70,15 @@ struct Running {
     server_tls: HashMap<String, Arc<rustls::ServerConfig>>,
     /// TLS client configurations for re-encrypting to targets, by route name.
     client_tls: HashMap<String, Arc<rustls::ClientConfig>>,
+    /// Each route's counters and admission state, by route name: found once per load
+    /// (they outlive reloads), not under a lock shared by the workers on every connection.
+    state: HashMap<String, RouteState>,
+}
+
+#[derive(Clone)]
+struct RouteState {
+    metrics: Arc<RouteMetrics>,
+    admission: Arc<Admission>,
 }
 
 struct Shared {
@@ -93,8 +105,22 @@ impl Shared {
             .clone()
     }
 
-    fn admission(&self, route: &str) -> Arc<Admission> {
-        by_name(&self.admissions, route)
+    /// Makes `running` the configuration of new connections, with its routes' state.
+    fn install(&self, mut running: Running) {
+        let names: Vec<String> = running
+            .listeners
+            .values()
+            .flat_map(|l| l.by_domain.iter().chain(&l.default))
+            .map(|r| r.name.clone())
+            .collect();
+        for name in names {
+            let state = RouteState {
+                metrics: self.metrics.route(&name),
+                admission: by_name(&self.admissions, &name),
+            };
+            running.state.insert(name, state);
+        }
+        *self.running.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(running);
     }
 }
 
@@ -163,6 +189,7 @@ fn load(options: &Options) -> Result<Running, String> {
             .collect(),
         server_tls,
         client_tls,
+        state: HashMap::new(),
     })
 }
 
@@ -329,7 +356,15 @@ fn start_workers() -> io::Result<Vec<tokio::runtime::Handle>> {
                     {
                         Ok(rt) => {
                             let _ = tx.send(Ok(rt.handle().clone()));
-                            rt.block_on(std::future::pending::<()>());
+                            // A heartbeat: tokio's timer wakes the driver through its
+                            // eventfd whenever a new timer is due before the earliest one
+                            // it knew of; with a timer always due within a second, a
+                            // connection's timeouts (a second or longer) never do.
+                            rt.block_on(async {
+                                loop {
+                                    tokio::time::sleep(HEARTBEAT).await;
+                                }
+                            });
                         }
                         Err(e) => {
                             let _ = tx.send(Err(e));
@@ -346,13 +381,19 @@ fn start_workers() -> io::Result<Vec<tokio::runtime::Handle>> {
 async fn serve(options: Options, running: Running, workers: Vec<tokio::runtime::Handle>) -> i32 {
     let shared = Arc::new(Shared {
         options: options.clone(),
-        running: RwLock::new(Arc::new(running)),
+        running: RwLock::new(Arc::new(Running {
+            listeners: BTreeMap::new(),
+            server_tls: HashMap::new(),
+            client_tls: HashMap::new(),
+            state: HashMap::new(),
+        })),
         metrics: Arc::new(Metrics::default()),
         admissions: Mutex::new(BTreeMap::new()),
         open: AtomicU64::new(0),
         next: AtomicU64::new(0),
         workers,
     });
+    shared.install(running);
     let mut accepting: Accepting = BTreeMap::new();
     if let Err(e) = bind_all(&shared, &mut accepting) {
         eprintln!("error: {e}");
@@ -467,10 +508,7 @@ fn reload(shared: &Arc<Shared>, accepting: &mut Accepting) {
     match load(&shared.options) {
         Ok(running) => {
             let new: Vec<ListenAddr> = running.listeners.keys().copied().collect();
-            *shared
-                .running
-                .write()
-                .unwrap_or_else(PoisonError::into_inner) = Arc::new(running);
+            shared.install(running);
             accepting.retain(|addr, tasks| {
                 let keep = new.contains(addr);
                 if !keep {
@@ -665,7 +703,7 @@ async fn connection(
         }
     }
     let hello = if listener.needs_hello() {
-        let hello = read_hello(&mut stream);
+        let hello = Box::pin(read_hello(&mut stream));
         let Some(hello) = opening(shared, peer, addr, "ClientHello", hello).await else {
             return;
         };
@@ -683,9 +721,11 @@ async fn connection(
         info!(%peer, %addr, sni = hello.as_ref().and_then(|h| h.sni.as_deref()).unwrap_or("-"), "no route: refused");
         return;
     };
-    let metrics = shared.metrics.route(&route.name);
+    let Some(RouteState { metrics, admission }) = running.state.get(&route.name).cloned() else {
+        return;
+    };
     let _active = metrics.open();
-    let _ticket = match shared.admission(&route.name).admit(&route, peer.ip()) {
+    let _ticket = match admission.admit(&route, peer.ip()) {
         Ok(t) => t,
         Err(why) => {
             RouteMetrics::add(&metrics.refused, 1);
@@ -696,12 +736,12 @@ async fn connection(
     let result = match (route.kind, route.tls.as_ref().map(|t| t.mode)) {
         (ActionKind::Block, _) => Ok(()),
         (ActionKind::Redirect, _) => {
-            redirect(
+            Box::pin(redirect(
                 &route,
                 stream,
                 local,
                 hello.map(|h| h.bytes).unwrap_or_default(),
-            )
+            ))
             .await
         }
         (ActionKind::Forward, Some(TlsMode::Terminate | TlsMode::TerminateAndReencrypt)) => {
@@ -712,9 +752,9 @@ async fn connection(
                     ..
                 }) => {
                     let ends = (local, peer);
-                    terminate(
+                    Box::pin(terminate(
                         shared, &running, &route, &metrics, stream, ends, accepted, sni,
-                    )
+                    ))
                     .await
                 }
                 _ => Err(io::Error::new(io::ErrorKind::InvalidData, "not TLS")),
@@ -910,7 +950,7 @@ where
 {
     let (ar, aw) = tokio::io::split(a);
     let (br, bw) = tokio::io::split(b);
-    pump(shared, (ar, aw), (br, bw), metrics).await
+    pump(shared, (ar, aw), (br, bw), metrics, Last::ShutDown).await
 }
 
 /// [`pipe`] for two TCP sockets: halves without the lock `tokio::io::split` takes on
@@ -923,7 +963,18 @@ async fn pipe_tcp(
 ) -> io::Result<()> {
     let (ar, aw) = a.split();
     let (br, bw) = b.split();
-    pump(shared, (ar, aw), (br, bw), metrics).await
+    pump(shared, (ar, aw), (br, bw), metrics, Last::Close).await
+}
+
+/// How the direction that ends second passes its end on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Last {
+    /// Shut the writer down (TLS: its close_notify must be sent).
+    ShutDown,
+    /// Plain TCP: leave it to the close that follows, which sends the same FIN (both
+    /// receive sides are at their end, so nothing unread turns it into a reset): one
+    /// syscall less per connection.
+    Close,
 }
 
 /// Copies a→b and b→a until both directions are done, or nothing moved for the idle
@@ -933,6 +984,7 @@ async fn pump<AR, AW, BR, BW>(
     (ar, aw): (AR, AW),
     (br, bw): (BR, BW),
     metrics: &Arc<RouteMetrics>,
+    last_end: Last,
 ) -> io::Result<()>
 where
     AR: AsyncRead + Unpin,
@@ -942,8 +994,10 @@ where
 {
     let started = Instant::now();
     let last = AtomicU64::new(0);
-    let up = copy(ar, bw, &metrics.bytes_in, &last, started);
-    let down = copy(br, aw, &metrics.bytes_out, &last, started);
+    let ended = AtomicBool::new(false);
+    let ends = (&ended, last_end);
+    let up = copy(ar, bw, &metrics.bytes_in, &last, started, ends);
+    let down = copy(br, aw, &metrics.bytes_out, &last, started, ends);
     let idle = shared.options.idle_timeout;
     let watch = async {
         loop {
@@ -966,6 +1020,7 @@ async fn copy<R, W>(
     counter: &AtomicU64,
     last: &AtomicU64,
     started: Instant,
+    (ended, last_end): (&AtomicBool, Last),
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -986,7 +1041,10 @@ where
             Err(e) => return Err(e),
         };
         if n == 0 {
-            let _ = to.shutdown().await;
+            let other_ended = ended.swap(true, Ordering::Relaxed);
+            if !(other_ended && last_end == Last::Close) {
+                let _ = to.shutdown().await;
+            }
             return Ok(());
         }
         to.write_all(&buf[..n]).await?;

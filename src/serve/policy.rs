@@ -48,13 +48,17 @@ const PRUNE_ABOVE: usize = 4096;
 
 /// A connection admitted by [`Admission::admit`]; gives its slot back on drop.
 pub struct Ticket {
-    admission: Arc<Admission>,
+    /// `None` for a route that limits nothing per source: nothing to give back.
+    admission: Option<Arc<Admission>>,
     source: IpAddr,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if let Ok(mut sources) = self.admission.sources.lock() {
+        let Some(admission) = &self.admission else {
+            return;
+        };
+        if let Ok(mut sources) = admission.sources.lock() {
             if let Some(s) = sources.get_mut(&self.source) {
                 s.active = s.active.saturating_sub(1);
             }
@@ -84,6 +88,13 @@ impl Admission {
             if !allow.iter().any(|n| n.contains(&source)) {
                 return Err(Refusal::NotAllowed);
             }
+        }
+        if route.max_connections.is_none() && route.rate_limit.is_none() {
+            // Nothing to count per source: no lock shared by the workers to take.
+            return Ok(Ticket {
+                admission: None,
+                source,
+            });
         }
         let now = Instant::now();
         let mut sources = self.sources.lock().map_err(|_| Refusal::RateLimited)?;
@@ -116,7 +127,7 @@ impl Admission {
         }
         s.active += 1;
         Ok(Ticket {
-            admission: self.clone(),
+            admission: Some(self.clone()),
             source,
         })
     }
