@@ -956,3 +956,62 @@ fn reencrypt_trusts_a_per_route_ca_or_nobody_when_told_loudly() {
         serve.log()
     );
 }
+
+/// Plain TCP: answers of every size arrive whole and then end, whether the target ends
+/// first (its FIN may ride on its last data) or the client does (a half-close: the client
+/// sends and shuts down, the target answers after the end).
+#[test]
+fn plain_tcp_answers_arrive_whole_whichever_side_ends_first() {
+    let pattern = |n: usize| (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>();
+    // Reads a size line, writes that many bytes, closes.
+    let sized = spawn_backend(move |mut s| {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while s.read(&mut byte).map(|n| n == 1).unwrap_or(false) && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        let n: usize = String::from_utf8_lossy(&line).trim().parse().unwrap_or(0);
+        let _ = s.write_all(&pattern(n));
+    });
+    // Reads to the client's end, answers with the byte count, closes.
+    let counting = spawn_backend(|mut s| {
+        let mut all = Vec::new();
+        let _ = s.read_to_end(&mut all);
+        let _ = write!(s, "{} bytes", all.len());
+    });
+    let dir = tempfile::tempdir().expect("dir");
+    let (p1, p2) = (free_port(), free_port());
+    let file = dir.path().join("routes.toml");
+    std::fs::write(
+        &file,
+        [
+            route("sized", p1, &[], sized.port, ""),
+            route("counting", p2, &[], counting.port, ""),
+        ]
+        .concat(),
+    )
+    .expect("write");
+    let serve = Serve::start(&file, p1);
+    let mut total = 0;
+    for n in [0, 1, 100, 511, 512, 513, 4096, 65_535, 65_536, 300_000] {
+        let mut s = TcpStream::connect(("127.0.0.1", p1)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        writeln!(s, "{n}").expect("write");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("the answer and its end");
+        assert!(got == pattern(n), "{n} bytes asked, {} came", got.len());
+        total += n;
+    }
+    for n in [1, 600, 200_000] {
+        let mut s = TcpStream::connect(("127.0.0.1", p2)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        s.write_all(&pattern(n)).expect("write");
+        s.shutdown(Shutdown::Write).expect("half-close");
+        let mut got = String::new();
+        s.read_to_string(&mut got)
+            .expect("the answer after the end");
+        assert_eq!(got, format!("{n} bytes"));
+    }
+    let out = serve.metric("smartproxy_serve_bytes_out_total", Some("sized"));
+    assert_eq!(out, total as f64, "bytes out of `sized`");
+}

@@ -950,7 +950,7 @@ where
 {
     let (ar, aw) = tokio::io::split(a);
     let (br, bw) = tokio::io::split(b);
-    pump(shared, (ar, aw), (br, bw), metrics, Last::ShutDown).await
+    pump(shared, (ar, aw), (br, bw), metrics).await
 }
 
 /// [`pipe`] for two TCP sockets: halves without the lock `tokio::io::split` takes on
@@ -963,18 +963,52 @@ async fn pipe_tcp(
 ) -> io::Result<()> {
     let (ar, aw) = a.split();
     let (br, bw) = b.split();
-    pump(shared, (ar, aw), (br, bw), metrics, Last::Close).await
+    pump(shared, (ar, aw), (br, bw), metrics).await
 }
 
-/// How the direction that ends second passes its end on.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Last {
-    /// Shut the writer down (TLS: its close_notify must be sent).
-    ShutDown,
-    /// Plain TCP: leave it to the close that follows, which sends the same FIN (both
-    /// receive sides are at their end, so nothing unread turns it into a reset): one
-    /// syscall less per connection.
-    Close,
+/// Linux `MSG_MORE`: more is coming, hold the segment back.
+const MSG_MORE: i32 = 0x8000;
+
+/// What the copy loop can do with a side beyond reading and writing: with plain TCP
+/// sockets, save packets and syscalls at a connection's end (TLS sides do none of it).
+trait Ends {
+    /// Reads on without waiting: `Some(0)` when the peer's end is already here, `Some(n)`
+    /// for `n` more bytes read into `spare`.
+    fn end_here(&self, _spare: &mut [u8]) -> Option<usize> {
+        None
+    }
+
+    /// Sends what it can of `buf` held back for a FIN to join (`MSG_MORE`); how much.
+    fn send_before_end(&self, _buf: &[u8]) -> usize {
+        0
+    }
+
+    /// Whether the direction that ends second may leave its FIN to the close that
+    /// follows (both receive sides are at their end then, so nothing unread turns the
+    /// close into a reset): a shutdown syscall less. A TLS writer must send close_notify.
+    const CLOSE_SENDS_END: bool = false;
+}
+
+impl<T> Ends for tokio::io::ReadHalf<T> {}
+impl<T> Ends for tokio::io::WriteHalf<T> {}
+
+impl Ends for tokio::net::tcp::ReadHalf<'_> {
+    fn end_here(&self, spare: &mut [u8]) -> Option<usize> {
+        self.try_read(spare).ok()
+    }
+}
+
+impl Ends for tokio::net::tcp::WriteHalf<'_> {
+    fn send_before_end(&self, buf: &[u8]) -> usize {
+        let stream: &TcpStream = self.as_ref();
+        stream
+            .try_io(tokio::io::Interest::WRITABLE, || {
+                socket2::SockRef::from(stream).send_with_flags(buf, MSG_MORE)
+            })
+            .unwrap_or(0)
+    }
+
+    const CLOSE_SENDS_END: bool = true;
 }
 
 /// Copies a→b and b→a until both directions are done, or nothing moved for the idle
@@ -984,20 +1018,20 @@ async fn pump<AR, AW, BR, BW>(
     (ar, aw): (AR, AW),
     (br, bw): (BR, BW),
     metrics: &Arc<RouteMetrics>,
-    last_end: Last,
 ) -> io::Result<()>
 where
-    AR: AsyncRead + Unpin,
-    AW: AsyncWrite + Unpin,
-    BR: AsyncRead + Unpin,
-    BW: AsyncWrite + Unpin,
+    AR: AsyncRead + Unpin + Ends,
+    AW: AsyncWrite + Unpin + Ends,
+    BR: AsyncRead + Unpin + Ends,
+    BW: AsyncWrite + Unpin + Ends,
 {
     let started = Instant::now();
     let last = AtomicU64::new(0);
     let ended = AtomicBool::new(false);
-    let ends = (&ended, last_end);
-    let up = copy(ar, bw, &metrics.bytes_in, &last, started, ends);
-    let down = copy(br, aw, &metrics.bytes_out, &last, started, ends);
+    // Only the target's answers are checked for an end right behind them: servers answer
+    // and close; clients rarely send and close (the check costs a syscall when it fails).
+    let up = copy(ar, bw, &metrics.bytes_in, &last, started, (&ended, false));
+    let down = copy(br, aw, &metrics.bytes_out, &last, started, (&ended, true));
     let idle = shared.options.idle_timeout;
     let watch = async {
         loop {
@@ -1020,36 +1054,54 @@ async fn copy<R, W>(
     counter: &AtomicU64,
     last: &AtomicU64,
     started: Instant,
-    (ended, last_end): (&AtomicBool, Last),
+    (ended, look_for_end): (&AtomicBool, bool),
 ) -> io::Result<()>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + Ends,
+    W: AsyncWrite + Unpin + Ends,
 {
     // An idle connection holds only the small buffer (inside the task); the large one is
     // taken while data flows in bulk and given back when it trickles.
     let mut small = [0u8; SMALL_BUFFER];
     let mut large: Option<Vec<u8>> = None;
     loop {
+        let trickling = large.is_none();
         let buf: &mut [u8] = match large.as_mut() {
             Some(l) => l,
             None => &mut small,
         };
-        let n = match from.read(buf).await {
+        let mut n = match from.read(buf).await {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
             Err(e) => return Err(e),
         };
-        if n == 0 {
+        // A short answer with the end right behind it (a server that answers and
+        // closes): the data is held back so that the FIN leaves in the same segment.
+        let mut at_end = n == 0;
+        if look_for_end && trickling && 0 < n && n < buf.len() {
+            match from.end_here(&mut buf[n..]) {
+                Some(0) => at_end = true,
+                Some(more) => n += more,
+                None => {}
+            }
+        }
+        let held = if at_end {
+            to.send_before_end(&buf[..n])
+        } else {
+            0
+        };
+        to.write_all(&buf[held..n]).await?;
+        if n > 0 {
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+            last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        if at_end {
             let other_ended = ended.swap(true, Ordering::Relaxed);
-            if !(other_ended && last_end == Last::Close) {
+            if !(other_ended && W::CLOSE_SENDS_END) {
                 let _ = to.shutdown().await;
             }
             return Ok(());
         }
-        to.write_all(&buf[..n]).await?;
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-        last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         if large.is_none() && n == SMALL_BUFFER {
             large = Some(vec![0u8; COPY_BUFFER]);
         } else if large.is_some() && n < SMALL_BUFFER {
