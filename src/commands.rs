@@ -554,3 +554,63 @@ pub fn destroy(
     println!("\nDestroy complete! Table inet {table} removed.");
     EXIT_OK
 }
+
+/// What [`converge`] found and did.
+#[derive(Clone, Debug)]
+pub struct Converged {
+    /// The table was there before (serve adopts it).
+    pub existed: bool,
+    pub summary: plan::Summary,
+    /// The plan's routes changed, by name and what happened (`add`, `change`, ...).
+    pub changes: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Makes table `model.table` what `model` says, with the plan/apply code: one transaction
+/// of the routes that differ (the others keep their counters, meters and sets), none when
+/// nothing does. `serve` provisions its kernel routes with it. On an error the kernel is
+/// as it was.
+pub fn converge(model: &crate::model::Model) -> Result<Converged, String> {
+    let script = render::render_script(model).map_err(|e| e.to_string())?;
+    let kernel = NftKernel::default();
+    let _lock = state::lock(&model.table, lock_timeout(10.0)).map_err(|e| e.to_string())?;
+    let planned = make_plan(&kernel, model, script)
+        .map_err(|_| format!("cannot plan table inet {}", model.table))?;
+    let p = &planned.plan;
+    let result = Converged {
+        existed: p.table_exists,
+        summary: p.summary,
+        changes: p
+            .changes
+            .iter()
+            .map(|c| format!("{} {}", c.action.symbol(), c.unit))
+            .collect(),
+        warnings: p.warnings.clone(),
+    };
+    if p.has_changes() {
+        let transaction = apply::transaction_parsed(p, &planned.parsed);
+        kernel.run(&transaction).map_err(|e| {
+            format!("the kernel refused the transaction; nothing was changed:\n{e}")
+        })?;
+        cache::committed(&kernel, &model.table, planned.generation, &p.desired_listing);
+        if let Err(e) = state::write(&model.table, "applied", &p.desired_listing) {
+            tracing::warn!("could not record the applied table for drift detection: {e}");
+        }
+    }
+    Ok(result)
+}
+
+/// Deletes table `table` (serve's deprovisioning); whether it was there.
+pub fn remove_table(table: &str) -> Result<bool, String> {
+    let kernel = NftKernel::default();
+    let _lock = state::lock(table, lock_timeout(10.0)).map_err(|e| e.to_string())?;
+    if kernel.list_table(table).map_err(|e| e.to_string())?.is_none() {
+        return Ok(false);
+    }
+    kernel
+        .run(&format!("delete table inet {table}\n"))
+        .map_err(|e| format!("the kernel refused to delete table inet {table}: {e}"))?;
+    state::remove(table, "applied");
+    cache::forget_live(table);
+    Ok(true)
+}

@@ -139,6 +139,7 @@ pub fn lower(config: &Config, resolver: &dyn Resolver) -> Result<Model, Vec<Diag
         .routes
         .iter()
         .filter(|r| r.enabled && r.engine == Engine::Nftables)
+        .chain(shielded(config))
         .collect();
     kernel_routes.sort_by(|a, b| a.name.cmp(&b.name));
     let names: Vec<&str> = kernel_routes.iter().map(|r| r.name.as_str()).collect();
@@ -152,7 +153,10 @@ pub fn lower(config: &Config, resolver: &dyn Resolver) -> Result<Model, Vec<Diag
         let mut chunk_diags = Vec::new();
         let routes: Vec<KernelRoute> = chunk
             .iter()
-            .map(|&(route, id)| kernel_route(route, id << shift, resolver, &mut chunk_diags))
+            .map(|&(route, id)| match route.engine {
+                Engine::Userspace => shield_route(route, id << shift),
+                _ => kernel_route(route, id << shift, resolver, &mut chunk_diags),
+            })
             .collect();
         (routes, chunk_diags)
     });
@@ -239,7 +243,7 @@ fn kernel_route(
             .iter()
             .chain(v6)
             .all(|s| s.targets.iter().all(|t| t.addr.is_none())),
-        KernelAction::Block => true,
+        KernelAction::Block | KernelAction::Shield => true,
     };
     let snat = match (
         all_local,
@@ -268,6 +272,69 @@ fn kernel_route(
         max_rate: route.nftables.max_rate,
         snat,
         qos: route.nftables.priority,
+        log: route.log,
+        use_ip_sets: route.nftables.use_ip_sets,
+    }
+}
+
+/// The userspace routes that get a kernel shield: those with a source policy (allow or
+/// block list, `max_connections`, `rate_limit`) that is theirs alone on their address and
+/// port. The kernel sees no SNI, so a listener shared with other userspace routes keeps
+/// its policy in serve only.
+pub fn shielded(config: &Config) -> Vec<&Route> {
+    let userspace: Vec<&Route> = config
+        .routes
+        .iter()
+        .filter(|r| r.enabled && r.engine == Engine::Userspace)
+        .collect();
+    let meet = |a: &Route, b: &Route| {
+        a.ports
+            .iter()
+            .any(|p| b.ports.iter().any(|q| p.overlaps(*q)))
+            && (a.addresses.is_empty()
+                || b.addresses.is_empty()
+                || a.addresses.iter().any(|x| b.addresses.contains(x)))
+    };
+    let has_policy = |r: &Route| {
+        r.security.allow_set
+            || !r.security.block.is_empty()
+            || r.security.max_connections.is_some()
+            || r.security.rate_limit.is_some()
+    };
+    userspace
+        .iter()
+        .filter(|r| {
+            has_policy(r)
+                && !userspace
+                    .iter()
+                    .any(|o| !std::ptr::eq(*o, **r) && meet(o, r))
+        })
+        .copied()
+        .collect()
+}
+
+/// A userspace route's kernel shield (see [`shielded`]): its connections marked, counted
+/// and filtered in the table on their way to serve.
+fn shield_route(route: &Route, mark: u32) -> KernelRoute {
+    let comment = format!("{}: kernel shield of a userspace route", route.name);
+    KernelRoute {
+        name: route.name.clone(),
+        comment: sanitize_comment(&comment),
+        mark,
+        l4: route.protocol.l4().to_vec(),
+        ports: sorted(route.ports.clone()),
+        addresses: sorted(route.addresses.clone()),
+        action: KernelAction::Shield,
+        allow: route
+            .security
+            .allow_set
+            .then(|| route.security.allow.clone()),
+        block: route.security.block.clone(),
+        max_connections: route.security.max_connections,
+        rate_limit: route.security.rate_limit,
+        max_rate: None,
+        snat: Snat::None,
+        qos: None,
         log: route.log,
         use_ip_sets: route.nftables.use_ip_sets,
     }

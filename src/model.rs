@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::config::{ActionKind, Affinity, ByteRate, PortRange, Protocol, Rate, Redirect, Tls, L4};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Model {
     pub table: String,
     pub mark_mask: u32,
@@ -65,6 +65,12 @@ impl KernelRoute {
     pub fn families(&self) -> Vec<Family> {
         match &self.action {
             KernelAction::Block => vec![Family::V4, Family::V6],
+            KernelAction::Shield if self.addresses.is_empty() => vec![Family::V4, Family::V6],
+            KernelAction::Shield => {
+                let mut f: Vec<Family> = self.addresses.iter().map(Family::of).collect();
+                f.dedup();
+                f
+            }
             KernelAction::Forward { v4, v6 } => {
                 let mut f = Vec::new();
                 if v4.is_some() {
@@ -82,7 +88,7 @@ impl KernelRoute {
         match (&self.action, family) {
             (KernelAction::Forward { v4, .. }, Family::V4) => v4.as_ref(),
             (KernelAction::Forward { v6, .. }, Family::V6) => v6.as_ref(),
-            (KernelAction::Block, _) => None,
+            (KernelAction::Block | KernelAction::Shield, _) => None,
         }
     }
 }
@@ -97,6 +103,9 @@ pub enum KernelAction {
     },
     /// Refuse every connection.
     Block,
+    /// The connections go on to `smartproxy serve` on this host: a userspace route's
+    /// kernel shield. Marked, counted and filtered (allow, block, limits), not translated.
+    Shield,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

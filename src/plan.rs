@@ -25,7 +25,7 @@ pub enum Action {
 }
 
 impl Action {
-    fn symbol(self) -> &'static str {
+    pub fn symbol(self) -> &'static str {
         match self {
             Action::Create => "+",
             Action::Update => "~",

@@ -193,6 +193,10 @@ pub fn warnings(model: &Model, facts: &Facts) -> Vec<String> {
     }
     let mut seen = BTreeSet::new();
     for r in &model.kernel {
+        if matches!(r.action, KernelAction::Shield) {
+            // Its port is serve's own: nothing is taken from anyone.
+            continue;
+        }
         let takes = |l4: L4, port: u16, addr: Option<&IpAddr>| {
             r.l4.contains(&l4)
                 && r.ports.iter().any(|p| p.first <= port && port <= p.last)

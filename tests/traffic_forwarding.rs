@@ -11,12 +11,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::topo::{self, Server, Topology};
+use common::topo::{self, udp_ask, Server, Topology, UdpServer};
 use common::Netns;
 
 /// Timeout for one connection or one answer that must succeed.
@@ -219,61 +219,6 @@ fn download(ns: &Netns, to: &str) -> Result<usize, String> {
                 n => got += n,
             }
         }
-    })
-}
-
-/// A UDP server in a namespace: answers each datagram with `"{name} {peer_ip} {peer_port}"`.
-struct UdpServer {
-    stop: Arc<AtomicBool>,
-}
-
-impl UdpServer {
-    fn start(ns: &Netns, name: &str, bind: &str) -> UdpServer {
-        let bind: SocketAddr = bind.parse().expect("socket address");
-        let socket = ns.run_in(move || UdpSocket::bind(bind).expect("bind udp in namespace"));
-        socket
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .expect("read timeout");
-        let stop = Arc::new(AtomicBool::new(false));
-        let (stop2, name) = (stop.clone(), name.to_owned());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !stop2.load(Ordering::Relaxed) {
-                if let Ok((_, peer)) = socket.recv_from(&mut buf) {
-                    let answer = format!("{name} {} {}\n", peer.ip(), peer.port());
-                    let _ = socket.send_to(answer.as_bytes(), peer);
-                }
-            }
-        });
-        UdpServer { stop }
-    }
-}
-
-impl Drop for UdpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Sends a datagram from `ns` to `to` and returns the reply (3 tries within `timeout`).
-fn udp_ask(ns: &Netns, to: &str, timeout: Duration) -> Result<String, String> {
-    let to: SocketAddr = to.parse().map_err(|e| format!("{e}"))?;
-    ns.run_in(move || {
-        let local = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-        let s = UdpSocket::bind(local).map_err(|e| e.to_string())?;
-        s.connect(to).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(timeout / 3))
-            .map_err(|e| e.to_string())?;
-        let mut last = String::from("no answer");
-        let mut buf = [0u8; 2048];
-        for _ in 0..3 {
-            s.send(b"ping").map_err(|e| e.to_string())?;
-            match s.recv(&mut buf) {
-                Ok(n) => return Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned()),
-                Err(e) => last = e.to_string(),
-            }
-        }
-        Err(last)
     })
 }
 

@@ -9,6 +9,8 @@
 //! already open keep going. SIGTERM/SIGINT stop the listeners, let the open connections
 //! finish (up to the drain timeout) and exit 0.
 
+pub mod health;
+pub mod kernel;
 pub mod metrics;
 pub mod policy;
 pub mod proxy_protocol;
@@ -29,7 +31,9 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::{ActionKind, TargetPort, TlsMode};
-use crate::model::UserspaceRoute;
+use crate::model::{Model, UserspaceRoute};
+use health::Health;
+use kernel::Carrier;
 use metrics::{Metrics, RouteMetrics};
 use policy::Admission;
 use routes::{ListenAddr, Listener};
@@ -61,6 +65,11 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// Seconds between checks of the route files' modification times (0 = only SIGHUP).
     pub watch_interval: Duration,
+    /// Who carries the kernel routes (`--nftables`).
+    pub nftables: kernel::Mode,
+    /// Leave the kernel routes in place on stop.
+    pub keep_kernel_routes: bool,
+    pub health: health::Options,
 }
 
 /// One loaded configuration: what a new connection is routed by.
@@ -91,6 +100,12 @@ struct Shared {
     open: AtomicU64,
     /// Spreads new connections over a route's targets.
     next: AtomicU64,
+    /// Who carries the kernel routes, decided at start.
+    carrier: Carrier,
+    /// The model of the running configuration (its kernel routes are provisioned without
+    /// the targets that are down).
+    model: Mutex<Arc<Model>>,
+    health: Arc<Health>,
     /// One single-threaded runtime per core: each accepts on its own `SO_REUSEPORT`
     /// socket of every listener and runs the connections it accepted, as HAProxy's threads
     /// and nginx's workers do (a shared work-stealing runtime spent its time waking threads).
@@ -105,8 +120,18 @@ impl Shared {
             .clone()
     }
 
-    /// Makes `running` the configuration of new connections, with its routes' state.
-    fn install(&self, mut running: Running) {
+    fn model(&self) -> Arc<Model> {
+        self.model
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Makes `running` the configuration of new connections, with its routes' state, and
+    /// `model` the one the kernel routes and health checks follow.
+    fn install(&self, mut running: Running, model: Model) {
+        self.health.set_targets(&kernel::checked_targets(&model));
+        *self.model.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(model);
         let names: Vec<String> = running
             .listeners
             .values()
@@ -134,8 +159,10 @@ pub(crate) fn by_name<T: Default>(map: &Mutex<BTreeMap<String, Arc<T>>>, name: &
     map.entry(name.to_owned()).or_default().clone()
 }
 
-/// Loads the route files into what serve runs; errors are rendered (file:line:col).
-fn load(options: &Options) -> Result<Running, String> {
+/// Loads the route files into what serve runs, and the model; errors are rendered
+/// (file:line:col). Unless the kernel carries them, the kernel routes join the userspace
+/// ones.
+fn load(options: &Options, carrier: Carrier) -> Result<(Running, Model), String> {
     let loaded = crate::config::load(&options.paths);
     let rendered = |diags: &[crate::diag::Diagnostic]| {
         crate::diag::render(&loaded.sources, diags, crate::diag::Format::Text, false)
@@ -143,8 +170,26 @@ fn load(options: &Options) -> Result<Running, String> {
     let Some(cfg) = loaded.config.as_ref() else {
         return Err(rendered(&loaded.diagnostics));
     };
-    let model =
-        crate::lower::lower(cfg, &crate::lower::SystemResolver).map_err(|d| rendered(&d))?;
+    let mut cfg = cfg.clone();
+    if carrier != Carrier::Kernel {
+        let moved = kernel::to_userspace(&mut cfg)?;
+        if carrier == Carrier::Fallback && !moved.is_empty() {
+            warn!(
+                "nftables is not available: kernel route{} {} served in userspace instead",
+                if moved.len() == 1 { "" } else { "s" },
+                moved
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let mut model =
+        crate::lower::lower(&cfg, &crate::lower::SystemResolver).map_err(|d| rendered(&d))?;
+    if carrier != Carrier::Kernel {
+        model.kernel.clear();
+    }
     let mut server_tls = HashMap::new();
     let mut client_tls = HashMap::new();
     let mut system_roots: Option<Arc<rustls::ClientConfig>> = None;
@@ -182,7 +227,7 @@ fn load(options: &Options) -> Result<Running, String> {
         };
         server_tls.insert(r.name.clone(), Arc::new(server_config(cert, key)?));
     }
-    Ok(Running {
+    let running = Running {
         listeners: routes::listeners(&model.userspace)
             .into_iter()
             .map(|(a, l)| (a, Arc::new(l)))
@@ -190,7 +235,8 @@ fn load(options: &Options) -> Result<Running, String> {
         server_tls,
         client_tls,
         state: HashMap::new(),
-    })
+    };
+    Ok((running, model))
 }
 
 fn server_config(
@@ -313,10 +359,25 @@ pub fn run(options: Options) -> i32 {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
-    let running = match load(&options) {
+    let carrier = match kernel::choose(options.nftables) {
+        Ok((carrier, None)) => carrier,
+        Ok((carrier, Some(why))) => {
+            warn!("nftables is not available ({why}): the kernel routes are served in userspace; use --nftables on to fail instead");
+            carrier
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("error: serve did not start");
+            return crate::EXIT_ERROR;
+        }
+    };
+    let loaded = match load(&options, carrier) {
         Ok(r) => r,
         Err(e) => {
             eprint!("{e}");
+            if !e.ends_with('\n') {
+                eprintln!();
+            }
             eprintln!("error: serve did not start");
             return crate::EXIT_ERROR;
         }
@@ -338,7 +399,46 @@ pub fn run(options: Options) -> i32 {
             return crate::EXIT_ERROR;
         }
     };
-    runtime.block_on(serve(options, running, workers))
+    runtime.block_on(serve(options, carrier, loaded, workers))
+}
+
+/// Makes our table what the running model says, without the targets that are down (when
+/// the kernel carries the kernel routes; else nothing to do).
+async fn provision(shared: &Arc<Shared>, starting: bool) -> Result<(), String> {
+    if shared.carrier != Carrier::Kernel {
+        return Ok(());
+    }
+    let model = kernel::without_down(&shared.model(), &shared.health.down());
+    let table = model.table.clone();
+    if starting && model.kernel.is_empty() {
+        // Nothing for the kernel: no table of ours to create (one left by an earlier
+        // `--keep-kernel-routes` is adopted on the first reload with kernel routes).
+        return Ok(());
+    }
+    let converged = tokio::task::spawn_blocking(move || crate::commands::converge(&model))
+        .await
+        .map_err(|e| e.to_string())??;
+    for w in &converged.warnings {
+        warn!("{w}");
+    }
+    let s = converged.summary;
+    if starting && converged.existed {
+        info!(
+            added = s.add,
+            changed = s.change,
+            destroyed = s.destroy,
+            "adopted the existing table inet {table}"
+        );
+    } else if s != crate::plan::Summary::default() {
+        info!(
+            added = s.add,
+            changed = s.change,
+            destroyed = s.destroy,
+            "kernel routes in table inet {table}: {}",
+            converged.changes.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// One thread with a single-threaded runtime per core; their handles.
@@ -378,7 +478,13 @@ fn start_workers() -> io::Result<Vec<tokio::runtime::Handle>> {
         .collect()
 }
 
-async fn serve(options: Options, running: Running, workers: Vec<tokio::runtime::Handle>) -> i32 {
+async fn serve(
+    options: Options,
+    carrier: Carrier,
+    (running, model): (Running, Model),
+    workers: Vec<tokio::runtime::Handle>,
+) -> i32 {
+    let table = model.table.clone();
     let shared = Arc::new(Shared {
         options: options.clone(),
         running: RwLock::new(Arc::new(Running {
@@ -391,9 +497,20 @@ async fn serve(options: Options, running: Running, workers: Vec<tokio::runtime::
         admissions: Mutex::new(BTreeMap::new()),
         open: AtomicU64::new(0),
         next: AtomicU64::new(0),
+        carrier,
+        model: Mutex::new(Arc::new(Model::default())),
+        health: Arc::new(Health::new(options.health)),
         workers,
     });
-    shared.install(running);
+    shared.install(running, model);
+    if carrier == Carrier::Kernel {
+        if let Err(e) = provision(&shared, true).await {
+            eprintln!("error: {e}");
+            eprintln!("error: serve did not start; the kernel is as it was");
+            return crate::EXIT_ERROR;
+        }
+    }
+    tokio::spawn(health::run(shared.health.clone()));
     let mut accepting: Accepting = BTreeMap::new();
     if let Err(e) = bind_all(&shared, &mut accepting) {
         eprintln!("error: {e}");
@@ -441,8 +558,13 @@ async fn serve(options: Options, running: Running, workers: Vec<tokio::runtime::
         tokio::select! {
             _ = hup.recv() => {
                 info!("SIGHUP: reloading");
-                reload(&shared, &mut accepting);
+                reload(&shared, &mut accepting).await;
                 stamp = files_stamp(&options.paths);
+            }
+            () = shared.health.changed.notified() => {
+                if let Err(e) = provision(&shared, false).await {
+                    warn!("health: the kernel routes keep their targets: {e}");
+                }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -454,7 +576,7 @@ async fn serve(options: Options, running: Running, workers: Vec<tokio::runtime::
                     let settled = files_stamp(&options.paths);
                     if settled == now {
                         info!("route files changed: reloading");
-                        reload(&shared, &mut accepting);
+                        reload(&shared, &mut accepting).await;
                         stamp = settled;
                     }
                 }
@@ -479,8 +601,29 @@ async fn serve(options: Options, running: Running, workers: Vec<tokio::runtime::
     if left > 0 {
         warn!(left, "drain timeout: closing the connections still open");
     }
+    let mut code = crate::EXIT_OK;
+    if carrier == Carrier::Kernel {
+        if options.keep_kernel_routes {
+            info!("kept the kernel routes in table inet {table} (--keep-kernel-routes)");
+        } else {
+            let gone = table.clone();
+            match tokio::task::spawn_blocking(move || crate::commands::remove_table(&gone)).await
+            {
+                Ok(Ok(true)) => info!("removed table inet {table}"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    warn!("could not remove table inet {table}: {e}");
+                    code = crate::EXIT_ERROR;
+                }
+                Err(e) => {
+                    warn!("could not remove table inet {table}: {e}");
+                    code = crate::EXIT_ERROR;
+                }
+            }
+        }
+    }
     info!("stopped");
-    crate::EXIT_OK
+    code
 }
 
 /// Modification times and sizes of the route files (and the files of route directories).
@@ -504,11 +647,18 @@ fn files_stamp(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     out
 }
 
-fn reload(shared: &Arc<Shared>, accepting: &mut Accepting) {
-    match load(&shared.options) {
-        Ok(running) => {
+async fn reload(shared: &Arc<Shared>, accepting: &mut Accepting) {
+    match load(&shared.options, shared.carrier) {
+        Ok((running, model)) => {
             let new: Vec<ListenAddr> = running.listeners.keys().copied().collect();
-            shared.install(running);
+            shared.install(running, model);
+            if let Err(e) = provision(shared, false).await {
+                shared
+                    .metrics
+                    .reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!("reload: the kernel routes were not changed: {e}");
+            }
             accepting.retain(|addr, tasks| {
                 let keep = new.contains(addr);
                 if !keep {
@@ -835,31 +985,37 @@ async fn connect(
         crate::config::Affinity::None => shared.next.fetch_add(1, Ordering::Relaxed),
     };
     let mut last = io::Error::new(io::ErrorKind::NotFound, "the route has no target");
-    for i in policy::target_order(&weights, pick) {
-        let t = &route.targets[i];
-        let port = target_port(route, t.port, local.port());
-        for addr in &t.addrs {
-            let to = SocketAddr::new(*addr, port);
-            match tokio::time::timeout(shared.options.connect_timeout, TcpStream::connect(to)).await
-            {
-                Ok(Ok(mut s)) => {
-                    let _ = s.set_nodelay(true);
-                    if route.send_proxy_protocol {
-                        s.write_all(&proxy_protocol::header(peer, local)).await?;
-                    }
-                    return Ok(s);
+    // In the order of the pick, the targets that are up first: those that are down only
+    // when none is up (a check may lag behind a target that has just come back).
+    let mut order: Vec<SocketAddr> = policy::target_order(&weights, pick)
+        .into_iter()
+        .flat_map(|i| {
+            let t = &route.targets[i];
+            let port = target_port(route, t.port, local.port());
+            t.addrs.iter().map(move |a| SocketAddr::new(*a, port))
+        })
+        .collect();
+    order.sort_by_key(|to| !shared.health.is_up(to));
+    for to in order {
+        match tokio::time::timeout(shared.options.connect_timeout, TcpStream::connect(to)).await
+        {
+            Ok(Ok(mut s)) => {
+                let _ = s.set_nodelay(true);
+                if route.send_proxy_protocol {
+                    s.write_all(&proxy_protocol::header(peer, local)).await?;
                 }
-                Ok(Err(e)) => {
-                    warn!(route = %route.name, target = %to, "connect failed, trying the next target: {e}");
-                    last = e;
-                }
-                Err(_) => {
-                    warn!(route = %route.name, target = %to, "connect timed out, trying the next target");
-                    last = io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("connect to {to} timed out"),
-                    );
-                }
+                return Ok(s);
+            }
+            Ok(Err(e)) => {
+                warn!(route = %route.name, target = %to, "connect failed, trying the next target: {e}");
+                last = e;
+            }
+            Err(_) => {
+                warn!(route = %route.name, target = %to, "connect timed out, trying the next target");
+                last = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connect to {to} timed out"),
+                );
             }
         }
     }
@@ -1073,7 +1229,12 @@ where
         let mut n = match from.read(buf).await {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
-            Err(e) => return Err(e),
+            Err(e) => {
+                // The other side still learns that this direction ended (else it waits
+                // for the idle timeout, e.g. a TLS client gone without close_notify).
+                let _ = to.shutdown().await;
+                return Err(e);
+            }
         };
         // A short answer with the end right behind it (a server that answers and
         // closes): the data is held back so that the FIN leaves in the same segment.

@@ -4,6 +4,7 @@
 //! `CI=true` a skip is a failure, so CI can never pass by skipping.
 #![allow(dead_code)]
 
+pub mod pki;
 pub mod topo;
 
 use std::io::Write;
@@ -174,13 +175,18 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace. Sockets created there stay in
     /// the namespace and can be used from any thread afterwards.
     pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("netns file opens");
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("namespace thread finishes")
+        run_in_netns(&self.name, f)
     }
+}
+
+/// Runs `f` on a thread that has entered the network namespace `name`.
+pub fn run_in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{name}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("netns file opens");
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("namespace thread finishes")
 }

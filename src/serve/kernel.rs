@@ -1,0 +1,183 @@
+//! serve's kernel side: which engine carries the file's nftables routes, and their table.
+//!
+//! With nftables available (`--nftables auto` finds `nft` and CAP_NET_ADMIN; `on` insists),
+//! serve provisions the kernel routes with the plan/apply code on start (adopting a table
+//! of the same name), changes them incrementally on reload and when a target's health
+//! changes, and removes the table on stop. Without it (`auto` falling back, or `off`), the
+//! kernel routes are served in userspace; the routes userspace cannot serve (UDP,
+//! `preserve_source_ip`) make start-up fail, named.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+
+use crate::config::{Config, Engine, Protocol, TargetPort, L4};
+use crate::model::{KernelAction, KernelPort, Model, Snat};
+
+/// `serve --nftables`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Use nftables when `nft` is installed and this process holds CAP_NET_ADMIN; else
+    /// serve the kernel routes in userspace, with a warning.
+    Auto,
+    /// Use nftables, or fail.
+    On,
+    /// Serve every route in userspace.
+    Off,
+}
+
+/// Who carries the kernel routes, as decided at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carrier {
+    Kernel,
+    /// nftables was wanted (`auto`) but is not available.
+    Fallback,
+    Off,
+}
+
+impl Carrier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Carrier::Kernel => "on",
+            Carrier::Fallback => "fallback",
+            Carrier::Off => "off",
+        }
+    }
+}
+
+/// Whether this process can manage nftables in its network namespace; why not.
+pub fn capability() -> Result<(), String> {
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| is_executable(&dir.join("nft")))
+    });
+    if !on_path {
+        return Err("`nft` is not installed (not found in PATH)".into());
+    }
+    // CAP_NET_ADMIN is bit 12 of the effective set.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    if effective & (1 << 12) == 0 {
+        return Err("this process lacks CAP_NET_ADMIN in its network namespace".into());
+    }
+    Ok(())
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Decides who carries the kernel routes (and why nftables is not available, for the
+/// fallback's warning); `Err` for `on` without nftables.
+pub fn choose(mode: Mode) -> Result<(Carrier, Option<String>), String> {
+    match (mode, capability()) {
+        (Mode::Off, _) => Ok((Carrier::Off, None)),
+        (_, Ok(())) => Ok((Carrier::Kernel, None)),
+        (Mode::On, Err(why)) => Err(format!(
+            "--nftables on: {why}; install nftables and run as root (or with CAP_NET_ADMIN), or use --nftables auto to serve the kernel routes in userspace"
+        )),
+        (Mode::Auto, Err(why)) => Ok((Carrier::Fallback, Some(why))),
+    }
+}
+
+/// Moves the kernel routes of `config` to the userspace engine; their names. The routes
+/// userspace cannot serve are an error naming each.
+pub fn to_userspace(config: &mut Config) -> Result<Vec<String>, String> {
+    let mut cannot = Vec::new();
+    let mut moved = Vec::new();
+    for r in config.routes.iter_mut().filter(|r| r.enabled) {
+        if r.engine != Engine::Nftables {
+            continue;
+        }
+        let why = if r.protocol != Protocol::Tcp {
+            Some(match r.protocol {
+                Protocol::Udp => "protocol `udp`".to_owned(),
+                _ => "protocol `all` includes UDP".to_owned(),
+            })
+        } else if r.nftables.preserve_source_ip {
+            Some("`preserve_source_ip = true`".to_owned())
+        } else {
+            None
+        };
+        match why {
+            Some(why) => cannot.push(format!("route `{}` ({why})", r.name)),
+            None => {
+                r.engine = Engine::Userspace;
+                moved.push(r.name.clone());
+            }
+        }
+    }
+    if cannot.is_empty() {
+        Ok(moved)
+    } else {
+        Err(format!(
+            "without nftables the userspace engine cannot serve {}: it proxies TCP only and cannot show the client's address to a target",
+            cannot.join(", ")
+        ))
+    }
+}
+
+/// The targets of every route that can be health-checked: TCP, on a fixed port (a UDP
+/// service answers no connect; a target that keeps the client's port has no one port).
+pub fn checked_targets(model: &Model) -> BTreeSet<SocketAddr> {
+    let mut out = BTreeSet::new();
+    for r in &model.userspace {
+        for t in &r.targets {
+            if let TargetPort::Fixed { port } = t.port {
+                out.extend(t.addrs.iter().map(|a| SocketAddr::new(*a, port)));
+            }
+        }
+    }
+    for r in model.kernel.iter().filter(|r| r.l4.contains(&L4::Tcp)) {
+        if let KernelAction::Forward { v4, v6 } = &r.action {
+            for (spread, local) in [(v4, Ipv4Addr::LOCALHOST.into()), (v6, Ipv6Addr::LOCALHOST.into())] {
+                for t in spread.iter().flat_map(|s| &s.targets) {
+                    if let KernelPort::Fixed { port } = t.port {
+                        out.insert(SocketAddr::new(t.addr.unwrap_or(local), port));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The kernel routes as they must be with the targets in `down` out of their spread; a
+/// route with no target left refuses its connections (TCP reset) instead of sending them
+/// nowhere.
+pub fn without_down(model: &Model, down: &BTreeSet<SocketAddr>) -> Model {
+    let mut model = model.clone();
+    if down.is_empty() {
+        return model;
+    }
+    for r in model.kernel.iter_mut().filter(|r| r.l4.contains(&L4::Tcp)) {
+        let KernelAction::Forward { v4, v6 } = &mut r.action else {
+            continue;
+        };
+        for (spread, local) in [
+            (v4, IpAddr::from(Ipv4Addr::LOCALHOST)),
+            (v6, IpAddr::from(Ipv6Addr::LOCALHOST)),
+        ] {
+            if let Some(s) = spread {
+                s.targets.retain(|t| match t.port {
+                    KernelPort::Fixed { port } => {
+                        !down.contains(&SocketAddr::new(t.addr.unwrap_or(local), port))
+                    }
+                    _ => true,
+                });
+                if s.targets.is_empty() {
+                    *spread = None;
+                }
+            }
+        }
+        if matches!(&r.action, KernelAction::Forward { v4: None, v6: None }) {
+            r.action = KernelAction::Block;
+            r.snat = Snat::None;
+        }
+    }
+    model
+}
