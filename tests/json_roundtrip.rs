@@ -294,7 +294,7 @@ fn the_fixtures_exercise_every_feature() {
             "redirect to : th dport map {",
         ),
         ("spread over redirects", "jump t6_local-spread_1"),
-        ("block route", "\t\tgoto x_blocked\n"),
+        ("block route", "\t\tct direction original goto x_blocked\n"),
         ("named block set", "ip saddr @block4_named goto"),
         ("named allow set", "ip6 saddr != @allow6_named goto"),
         (

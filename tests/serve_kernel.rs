@@ -88,11 +88,13 @@ impl Serve {
         s
     }
 
+    /// Waits until serve says it serves (after provisioning the kernel routes) and its
+    /// metrics answer.
     fn wait_up(&self, gateway: &Netns) {
         let deadline = Instant::now() + Duration::from_secs(15);
         let port = self.metrics;
-        while gateway
-            .run_in(move || TcpStream::connect(("127.0.0.1", port)).is_err())
+        while !self.log().contains("listeners=")
+            || gateway.run_in(move || TcpStream::connect(("127.0.0.1", port)).is_err())
         {
             assert!(
                 Instant::now() < deadline,
@@ -175,7 +177,10 @@ impl Serve {
 
 /// Packets counted by our table's counter of `route`.
 fn kernel_packets(gateway: &Netns, route: &str) -> u64 {
-    let out = gateway.nft_ok(&["list", "counter", "inet", TABLE, &format!("c_{route}")], None);
+    let out = gateway.nft_ok(
+        &["list", "counter", "inet", TABLE, &format!("c_{route}")],
+        None,
+    );
     out.split_whitespace()
         .skip_while(|w| *w != "packets")
         .nth(1)
@@ -217,13 +222,13 @@ fn route(name: &str, port: u16, engine: &str, targets: &[&str], extra: &str) -> 
 fn tls_hello(ns: &Netns, pki: &Pki, to: &str, name: &str) -> Result<String, String> {
     let config = pki.client(&[]);
     let to: SocketAddr = to.parse().map_err(|e| format!("{e}"))?;
-    let name = rustls::pki_types::ServerName::try_from(name.to_owned())
-        .map_err(|e| e.to_string())?;
+    let name =
+        rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
     ns.run_in(move || {
         let sock = TcpStream::connect_timeout(&to, T).map_err(|e| e.to_string())?;
         sock.set_read_timeout(Some(T)).map_err(|e| e.to_string())?;
-        let conn = rustls::ClientConnection::new(Arc::clone(&config), name)
-            .map_err(|e| e.to_string())?;
+        let conn =
+            rustls::ClientConnection::new(Arc::clone(&config), name).map_err(|e| e.to_string())?;
         let mut tls = rustls::StreamOwned::new(conn, sock);
         let mut line = Vec::new();
         let mut byte = [0u8; 1];
@@ -284,7 +289,9 @@ fn mixed_file_kernel_routes_in_the_kernel_tls_in_serve_and_the_table_gone_after_
     pki.leaf("site", &["site.example.test"]);
     let foreign = "table inet foreign {\n\tchain input {\n\t\ttype filter hook input priority 10; policy accept;\n\t\ttcp dport 22 counter accept\n\t}\n}\n";
     t.gateway.nft_ok(&["-f", "-"], Some(foreign));
-    let before = t.gateway.nft_ok(&["-s", "list", "table", "inet", "foreign"], None);
+    let before = t
+        .gateway
+        .nft_ok(&["-s", "list", "table", "inet", "foreign"], None);
 
     let file = mixed(&t, &pki, true);
     let mut serve = Serve::start(&t, &file, &[]);
@@ -294,32 +301,48 @@ fn mixed_file_kernel_routes_in_the_kernel_tls_in_serve_and_the_table_gone_after_
         assert!(answer.starts_with("b1 198.51.100.1 "), "{answer}");
         let answer = udp_ask(&t.client, "192.0.2.1:5300", T).expect("kernel UDP route");
         assert!(answer.starts_with("u1 198.51.100.1 "), "{answer}");
-        let answer = tls_hello(&t.client, &pki, "192.0.2.1:8443", "site.example.test")
-            .expect("TLS route");
+        let answer =
+            tls_hello(&t.client, &pki, "192.0.2.1:8443", "site.example.test").expect("TLS route");
         assert!(answer.starts_with("b1 198.51.100.1 "), "{answer}");
     }
     // The kernel carried `web` and `dns`; serve carried `tls` and never saw the others.
     assert!(kernel_packets(&t.gateway, "web") >= 5 * 4);
     assert!(kernel_packets(&t.gateway, "dns") >= 5 * 2);
     assert!(serve.metric("smartproxy_serve_bytes_out_total", "tls") > 0.0);
-    assert_eq!(serve.metric("smartproxy_serve_connections_total", "tls"), 5.0);
+    assert_eq!(
+        serve.metric("smartproxy_serve_connections_total", "tls"),
+        5.0
+    );
     for kernel_route in ["web", "dns"] {
         assert_eq!(
             serve.metric("smartproxy_serve_connections_total", kernel_route),
             0.0
         );
-        assert_eq!(serve.metric("smartproxy_serve_bytes_out_total", kernel_route), 0.0);
+        assert_eq!(
+            serve.metric("smartproxy_serve_bytes_out_total", kernel_route),
+            0.0
+        );
     }
     let listening = t.gateway.exec_ok(&["ss", "-Htln"]);
-    assert!(!listening.contains(":8000 "), "serve binds a kernel route's port:\n{listening}");
+    assert!(
+        !listening.contains(":8000 "),
+        "serve binds a kernel route's port:\n{listening}"
+    );
     assert!(listening.contains("192.0.2.1:8443"), "{listening}");
 
     serve.signal("TERM");
-    assert_eq!(serve.exit_code(Duration::from_secs(15)), 0, "{}", serve.log());
+    assert_eq!(
+        serve.exit_code(Duration::from_secs(15)),
+        0,
+        "{}",
+        serve.log()
+    );
     assert!(!table_exists(&t.gateway, TABLE), "{}", serve.log());
     let tables = t.gateway.nft_ok(&["list", "tables"], None);
     assert_eq!(tables.trim(), "table inet foreign", "{tables}");
-    let after = t.gateway.nft_ok(&["-s", "list", "table", "inet", "foreign"], None);
+    let after = t
+        .gateway
+        .nft_ok(&["-s", "list", "table", "inet", "foreign"], None);
     assert_eq!(before, after, "the foreign table changed");
 }
 
@@ -367,7 +390,10 @@ fn without_nft_auto_serves_tcp_kernel_routes_in_userspace_and_refuses_udp_on_fai
     let answer =
         tls_hello(&t.client, &pki, "192.0.2.1:8443", "site.example.test").expect("TLS route");
     assert!(answer.starts_with("b1 "), "{answer}");
-    assert_eq!(serve.metric("smartproxy_serve_connections_total", "web"), 3.0);
+    assert_eq!(
+        serve.metric("smartproxy_serve_connections_total", "web"),
+        3.0
+    );
     assert!(!table_exists(&t.gateway, TABLE));
 }
 
@@ -379,7 +405,8 @@ fn push_through(s: &mut TcpStream, server: &Server, data: &[u8]) -> bool {
     }
     let deadline = Instant::now() + T;
     while Instant::now() < deadline {
-        if server.received.load(std::sync::atomic::Ordering::Relaxed) >= before + data.len() as u64 {
+        if server.received.load(std::sync::atomic::Ordering::Relaxed) >= before + data.len() as u64
+        {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -414,8 +441,12 @@ fn a_reload_changes_only_the_edited_kernel_route_and_long_connections_stay_up() 
     long.read_exact(&mut greeting).expect("greeting");
     assert_eq!(&greeting, b"b1 ");
     for _ in 0..10 {
-        assert!(hello(&t.client, "192.0.2.1:8001", T).expect("keep").starts_with("b1 "));
-        assert!(hello(&t.client, "192.0.2.1:8002", T).expect("edit").starts_with("b1 "));
+        assert!(hello(&t.client, "192.0.2.1:8001", T)
+            .expect("keep")
+            .starts_with("b1 "));
+        assert!(hello(&t.client, "192.0.2.1:8002", T)
+            .expect("edit")
+            .starts_with("b1 "));
     }
     assert!(push_through(&mut long, &b1, b"before the reload\n"));
     let keep_before = kernel_packets(&t.gateway, "keep");
@@ -429,19 +460,26 @@ fn a_reload_changes_only_the_edited_kernel_route_and_long_connections_stay_up() 
     )
     .expect("edit");
     serve.signal("HUP");
-    wait_until("the edited route to reach backend2", Duration::from_secs(10), || {
-        hello(&t.client, "192.0.2.1:8002", T).is_ok_and(|a| a.starts_with("b2 "))
+    wait_until("serve to change the table", Duration::from_secs(10), || {
+        serve.log().contains("~ edit")
     });
-    assert!(serve.log().contains("~ edit"), "{}", serve.log());
+    assert!(hello(&t.client, "192.0.2.1:8002", T)
+        .expect("edit")
+        .starts_with("b2 "));
     assert!(!serve.log().contains("~ keep"), "{}", serve.log());
     // `keep` kept its counter and its connection.
     let keep_after = kernel_packets(&t.gateway, "keep");
-    assert!(keep_after >= keep_before, "{keep_after} < {keep_before}: counter reset");
+    assert!(
+        keep_after >= keep_before,
+        "{keep_after} < {keep_before}: counter reset"
+    );
     assert!(
         push_through(&mut long, &b1, b"after the reload\n"),
         "the long-lived connection broke"
     );
-    assert!(hello(&t.client, "192.0.2.1:8001", T).expect("keep").starts_with("b1 "));
+    assert!(hello(&t.client, "192.0.2.1:8001", T)
+        .expect("keep")
+        .starts_with("b1 "));
 }
 
 #[test]
@@ -475,7 +513,10 @@ fn the_kernel_shield_refuses_a_blocked_client_of_a_tls_route_before_serve_sees_i
     assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
     assert!(started.elapsed() < Duration::from_secs(1));
     assert!(kernel_packets(&t.gateway, "tls") > counted);
-    assert_eq!(serve.metric("smartproxy_serve_connections_total", "tls"), 1.0);
+    assert_eq!(
+        serve.metric("smartproxy_serve_connections_total", "tls"),
+        1.0
+    );
     assert_eq!(serve.metric("smartproxy_serve_refused_total", "tls"), 0.0);
 }
 
@@ -512,7 +553,10 @@ fn a_dead_target_leaves_both_engines_and_comes_back_and_all_dead_refuses_quickly
     let serve = Serve::start(&t, &write(&t, "health.toml", &text), &[]);
     for to in ["192.0.2.1:8003", "192.0.2.1:8004"] {
         let seen = who_answers(&t.client, to, 40);
-        assert!(seen.iter().any(|w| w == "b1") && seen.iter().any(|w| w == "b2"), "{to}: {seen:?}");
+        assert!(
+            seen.iter().any(|w| w == "b1") && seen.iter().any(|w| w == "b2"),
+            "{to}: {seen:?}"
+        );
     }
     // The documented fall time with these options: 2 checks 0.3 s apart, each within
     // 0.3 s; the table change takes well under a second more.
@@ -521,14 +565,20 @@ fn a_dead_target_leaves_both_engines_and_comes_back_and_all_dead_refuses_quickly
     std::thread::sleep(fall);
     for to in ["192.0.2.1:8003", "192.0.2.1:8004"] {
         let seen = who_answers(&t.client, to, 20);
-        assert!(seen.iter().all(|w| w == "b2"), "{to} after b1 died: {seen:?}\n{}", serve.log());
+        assert!(
+            seen.iter().all(|w| w == "b2"),
+            "{to} after b1 died: {seen:?}\n{}",
+            serve.log()
+        );
     }
     let up = |target: &str| {
         serve
             .metrics()
             .into_iter()
             .find(|(n, r, tg, _)| {
-                n == "smartproxy_target_up" && r.as_deref() == Some("klb") && tg.as_deref() == Some(target)
+                n == "smartproxy_target_up"
+                    && r.as_deref() == Some("klb")
+                    && tg.as_deref() == Some(target)
             })
             .map(|(_, _, _, v)| v)
     };
@@ -540,7 +590,10 @@ fn a_dead_target_leaves_both_engines_and_comes_back_and_all_dead_refuses_quickly
     std::thread::sleep(fall);
     for to in ["192.0.2.1:8003", "192.0.2.1:8004"] {
         let seen = who_answers(&t.client, to, 40);
-        assert!(seen.iter().any(|w| w == "b1"), "{to} after b1 came back: {seen:?}");
+        assert!(
+            seen.iter().any(|w| w == "b1"),
+            "{to} after b1 came back: {seen:?}"
+        );
     }
 
     // All dead: the kernel route refuses at once instead of sending packets nowhere.
@@ -553,8 +606,147 @@ fn a_dead_target_leaves_both_engines_and_comes_back_and_all_dead_refuses_quickly
             .map(|_| ())
             .map_err(|e| e.kind())
     });
-    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused), "{}", serve.log());
+    assert_eq!(
+        refused,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "{}\n{}",
+        serve.log(),
+        t.gateway.nft_ok(&["list", "table", "inet", TABLE], None)
+    );
     assert!(started.elapsed() < Duration::from_secs(1));
     // The userspace route finds no target: the client's connection just ends.
     assert!(hello(&t.client, "192.0.2.1:8004", T).map_or(true, |a| a.is_empty()));
+}
+
+/// `smartproxy status` in the gateway (it asks the running serve over its socket).
+fn status_json(t: &Topology, file: &Path) -> serde_json::Value {
+    let out = t.smartproxy(&["status", file.to_str().expect("utf-8"), "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+fn route_of<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["routes"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == name))
+        .unwrap_or_else(|| panic!("no route {name} in {status}"))
+}
+
+#[test]
+fn status_and_metrics_agree_with_each_other_and_the_traffic_for_both_engines() {
+    if !common::netns_available("status_and_metrics_agree") {
+        return;
+    }
+    let t = Topology::new("skt");
+    let b1 = format!("{}:8080", topo::B1_4);
+    let _server = Server::start(&t.b1, "b1", &b1);
+    let file = write(
+        &t,
+        "status.toml",
+        &(settings()
+            + &route("web", 8000, "nftables", &[&b1], "")
+            + &route(
+                "app",
+                8005,
+                "userspace",
+                &[&b1],
+                "addresses = [\"192.0.2.1\"]\n",
+            )),
+    );
+    let serve = Serve::start(&t, &file, &[]);
+    // Traffic: 7 connections through the kernel, 5 through serve; one of each held open.
+    for _ in 0..7 {
+        assert!(hello(&t.client, "192.0.2.1:8000", T)
+            .expect("web")
+            .starts_with("b1 "));
+    }
+    let mut greeted = 0;
+    for _ in 0..5 {
+        let line = hello(&t.client, "192.0.2.1:8005", T).expect("app");
+        assert!(line.starts_with("b1 "));
+        greeted += line.len() + 1;
+    }
+    let hold = |port: u16| {
+        let mut s = t.client.run_in(move || {
+            TcpStream::connect_timeout(&SocketAddr::from(([192, 0, 2, 1], port)), T)
+                .expect("connect")
+        });
+        s.set_read_timeout(Some(T)).expect("timeout");
+        let mut b = [0u8; 3];
+        s.read_exact(&mut b).expect("greeting");
+        s
+    };
+    let (_web_open, _app_open) = (hold(8000), hold(8005));
+    std::thread::sleep(Duration::from_millis(200));
+
+    let status = status_json(&t, &file);
+    let metrics = serve.metrics();
+    let metric = |name: &str, route: &str| {
+        metrics
+            .iter()
+            .find(|(n, r, _, _)| n == name && r.as_deref() == Some(route))
+            .map(|(_, _, _, v)| *v)
+            .unwrap_or_else(|| panic!("no {name}{{route={route}}} in /metrics"))
+    };
+    assert_eq!(status["serve"]["nftables"], "on", "{status}");
+    assert_eq!(status["serve"]["pid"], serve.child.id(), "{status}");
+
+    // The kernel route: the table's counter, conntrack's open connection.
+    let web = route_of(&status, "web");
+    assert_eq!(web["engine"], "nftables");
+    let packets = kernel_packets(&t.gateway, "web");
+    assert!(packets >= 8 * 4, "{packets}");
+    assert_eq!(web["kernel"]["packets"], packets, "{web}");
+    assert_eq!(
+        metric("smartproxy_kernel_packets_total", "web"),
+        packets as f64
+    );
+    let bytes = web["kernel"]["bytes"].as_f64().expect("bytes");
+    assert!(bytes > 0.0);
+    assert_eq!(metric("smartproxy_kernel_bytes_total", "web"), bytes);
+    assert_eq!(web["kernel"]["active"], 1, "{web}");
+    assert_eq!(metric("smartproxy_kernel_active_connections", "web"), 1.0);
+    assert!(
+        web["serve"].is_null(),
+        "serve carries nothing of a kernel route"
+    );
+
+    // The userspace route: serve's own counts.
+    let app = route_of(&status, "app");
+    assert_eq!(app["engine"], "userspace");
+    assert_eq!(app["serve"]["connections_total"], 6, "{app}");
+    assert_eq!(metric("smartproxy_serve_connections_total", "app"), 6.0);
+    assert_eq!(app["serve"]["active"], 1, "{app}");
+    assert_eq!(metric("smartproxy_serve_connections_active", "app"), 1.0);
+    let out = app["serve"]["bytes_out"].as_u64().expect("bytes_out");
+    // The five whole greetings and the first three bytes of the held one at least.
+    assert!(out as usize >= greeted + 3, "{out} < {greeted} + 3");
+    assert_eq!(
+        metric("smartproxy_serve_bytes_out_total", "app"),
+        out as f64
+    );
+
+    // Both routes' target is checked and up, in both views.
+    for route in ["web", "app"] {
+        let targets = route_of(&status, route)["targets"]
+            .as_array()
+            .expect("targets")
+            .clone();
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0]["target"], b1.as_str());
+        assert_eq!(targets[0]["up"], true);
+        let up = metrics
+            .iter()
+            .find(|(n, r, tg, _)| {
+                n == "smartproxy_target_up"
+                    && r.as_deref() == Some(route)
+                    && tg.as_deref() == Some(b1.as_str())
+            })
+            .map(|(_, _, _, v)| *v);
+        assert_eq!(up, Some(1.0), "{route}");
+    }
 }

@@ -509,7 +509,9 @@ impl<'m> Document<'m> {
         )
         .into()]);
         if matches!(r.action, KernelAction::Block) {
-            filter = filter.rule(vec![goto(&refusal)]);
+            // The original direction only: the reset the refusal sends carries the
+            // connection's mark, and must not be refused in turn.
+            filter = filter.rule(vec![direction("original"), goto(&refusal)]);
         }
         for f in r.families() {
             let saddr = || payload(fam_ip(f), "saddr");

@@ -72,7 +72,10 @@ impl Health {
         let mut map = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
         map.retain(|a, _| targets.contains(a));
         for a in targets {
-            map.entry(*a).or_insert(State { up: true, streak: 0 });
+            map.entry(*a).or_insert(State {
+                up: true,
+                streak: 0,
+            });
         }
         self.any_down
             .store(map.values().any(|s| !s.up), Ordering::Relaxed);

@@ -134,7 +134,10 @@ pub fn checked_targets(model: &Model) -> BTreeSet<SocketAddr> {
     }
     for r in model.kernel.iter().filter(|r| r.l4.contains(&L4::Tcp)) {
         if let KernelAction::Forward { v4, v6 } = &r.action {
-            for (spread, local) in [(v4, Ipv4Addr::LOCALHOST.into()), (v6, Ipv6Addr::LOCALHOST.into())] {
+            for (spread, local) in [
+                (v4, Ipv4Addr::LOCALHOST.into()),
+                (v6, Ipv6Addr::LOCALHOST.into()),
+            ] {
                 for t in spread.iter().flat_map(|s| &s.targets) {
                     if let KernelPort::Fixed { port } = t.port {
                         out.insert(SocketAddr::new(t.addr.unwrap_or(local), port));

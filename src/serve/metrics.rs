@@ -163,13 +163,18 @@ fn escape_label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// More of the exposition, made on a blocking thread per scrape (serve's kernel routes and
+/// target health: it asks nft and conntrack).
+pub type Extra = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Serves `GET /metrics` until the listener is dropped.
-pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>) {
+pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>, extra: Extra) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
         let metrics = metrics.clone();
+        let extra = extra.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 8192];
             let mut len = 0;
@@ -193,7 +198,10 @@ pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>) {
             let request = String::from_utf8_lossy(&buf[..len]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = if path == "/metrics" || path.starts_with("/metrics?") {
-                ("200 OK", metrics.render())
+                let more = tokio::task::spawn_blocking(move || extra())
+                    .await
+                    .unwrap_or_default();
+                ("200 OK", metrics.render() + &more)
             } else {
                 ("404 Not Found", "try /metrics\n".to_owned())
             };

@@ -441,6 +441,97 @@ async fn provision(shared: &Arc<Shared>, starting: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// What `smartproxy status` and `/metrics` show of both engines: the model's routes with
+/// the kernel's counts (when the kernel carries routes), serve's counts and target health.
+/// Blocking (asks nft and conntrack).
+fn status(shared: &Shared) -> crate::status::Status {
+    use crate::status::{ServeCounts, ServeInfo};
+    let model = shared.model();
+    let counts = if shared.carrier == Carrier::Kernel {
+        crate::status::kernel_counts(&model.table).unwrap_or_else(|e| {
+            warn!("status: cannot read the kernel's counters: {e}");
+            BTreeMap::new()
+        })
+    } else {
+        BTreeMap::new()
+    };
+    let mut status = crate::status::from_model(&model, counts);
+    status.serve = Some(ServeInfo {
+        pid: std::process::id(),
+        nftables: shared.carrier.as_str().to_owned(),
+    });
+    let health = shared.health.snapshot();
+    let userspace: std::collections::BTreeSet<&str> =
+        model.userspace.iter().map(|r| r.name.as_str()).collect();
+    for r in &mut status.routes {
+        if userspace.contains(r.name.as_str()) {
+            let m = shared.metrics.route(&r.name);
+            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            r.serve = Some(ServeCounts {
+                connections_total: get(&m.connections),
+                active: get(&m.active),
+                bytes_in: get(&m.bytes_in),
+                bytes_out: get(&m.bytes_out),
+                errors: get(&m.errors),
+                refused: get(&m.refused),
+                tls_handshakes: get(&m.tls_handshakes),
+            });
+        }
+        for t in &mut r.targets {
+            if let Ok(addr) = t.target.parse::<SocketAddr>() {
+                t.up = health.get(&addr).copied();
+            }
+        }
+    }
+    status
+}
+
+/// Answers `smartproxy status` on the table's local socket; its path. Another serve of the
+/// same table in this network namespace (it answers there) is an error: two would fight
+/// over the table.
+async fn answer_status(shared: &Arc<Shared>, table: &str) -> Result<PathBuf, String> {
+    let path = crate::status::socket_path(table);
+    if tokio::net::UnixStream::connect(&path).await.is_ok() {
+        return Err(format!(
+            "another smartproxy serve runs for table inet {table} in this network namespace (it answers on {})",
+            path.display()
+        ));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)
+        .map_err(|e| format!("cannot answer status on {}: {e}", path.display()))?;
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut line = [0u8; 64];
+                let asked = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut line))
+                    .await
+                    .is_ok_and(|r| r.is_ok_and(|n| line[..n].starts_with(b"status")));
+                if !asked {
+                    return;
+                }
+                let answer = tokio::task::spawn_blocking(move || {
+                    crate::status::render_json(&status(&shared))
+                })
+                .await
+                .unwrap_or_default();
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok(path)
+}
+
 /// One thread with a single-threaded runtime per core; their handles.
 fn start_workers() -> io::Result<Vec<tokio::runtime::Handle>> {
     let n = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
@@ -503,32 +594,47 @@ async fn serve(
         workers,
     });
     shared.install(running, model);
-    if carrier == Carrier::Kernel {
-        if let Err(e) = provision(&shared, true).await {
+    // Everything that can fail before the kernel is touched: the status socket (another
+    // serve of this table?), the listeners, the metrics port.
+    let status_socket = match answer_status(&shared, &table).await {
+        Ok(socket) => socket,
+        Err(e) => {
             eprintln!("error: {e}");
-            eprintln!("error: serve did not start; the kernel is as it was");
             return crate::EXIT_ERROR;
         }
-    }
-    tokio::spawn(health::run(shared.health.clone()));
+    };
+    let fail = |e: String| {
+        let _ = std::fs::remove_file(&status_socket);
+        eprintln!("error: {e}");
+        crate::EXIT_ERROR
+    };
     let mut accepting: Accepting = BTreeMap::new();
     if let Err(e) = bind_all(&shared, &mut accepting) {
-        eprintln!("error: {e}");
-        return crate::EXIT_ERROR;
+        return fail(e);
     }
     let metrics_task = match options.metrics {
         Some(addr) => match TcpListener::bind(addr).await {
             Ok(l) => {
                 info!(%addr, "metrics at http://{addr}/metrics");
-                Some(tokio::spawn(metrics::serve_http(l, shared.metrics.clone())))
+                let of = shared.clone();
+                let extra: metrics::Extra =
+                    Arc::new(move || crate::status::render_prometheus(&status(&of), false));
+                Some(tokio::spawn(metrics::serve_http(
+                    l,
+                    shared.metrics.clone(),
+                    extra,
+                )))
             }
-            Err(e) => {
-                eprintln!("error: cannot listen for metrics on {addr}: {e}");
-                return crate::EXIT_ERROR;
-            }
+            Err(e) => return fail(format!("cannot listen for metrics on {addr}: {e}")),
         },
         None => None,
     };
+    if let Err(e) = provision(&shared, true).await {
+        return fail(format!(
+            "{e}\nerror: serve did not start; the kernel is as it was"
+        ));
+    }
+    tokio::spawn(health::run(shared.health.clone()));
     info!(
         listeners = accepting.len(),
         "serving {}",
@@ -601,14 +707,14 @@ async fn serve(
     if left > 0 {
         warn!(left, "drain timeout: closing the connections still open");
     }
+    let _ = std::fs::remove_file(&status_socket);
     let mut code = crate::EXIT_OK;
     if carrier == Carrier::Kernel {
         if options.keep_kernel_routes {
             info!("kept the kernel routes in table inet {table} (--keep-kernel-routes)");
         } else {
             let gone = table.clone();
-            match tokio::task::spawn_blocking(move || crate::commands::remove_table(&gone)).await
-            {
+            match tokio::task::spawn_blocking(move || crate::commands::remove_table(&gone)).await {
                 Ok(Ok(true)) => info!("removed table inet {table}"),
                 Ok(Ok(false)) => {}
                 Ok(Err(e)) => {
@@ -997,8 +1103,7 @@ async fn connect(
         .collect();
     order.sort_by_key(|to| !shared.health.is_up(to));
     for to in order {
-        match tokio::time::timeout(shared.options.connect_timeout, TcpStream::connect(to)).await
-        {
+        match tokio::time::timeout(shared.options.connect_timeout, TcpStream::connect(to)).await {
             Ok(Ok(mut s)) => {
                 let _ = s.set_nodelay(true);
                 if route.send_proxy_protocol {
