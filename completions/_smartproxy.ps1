@@ -32,6 +32,7 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             [CompletionResult]::new('apply', 'apply', [CompletionResultType]::ParameterValue, 'Make the kernel match the route files in one atomic transaction')
             [CompletionResult]::new('confirm', 'confirm', [CompletionResultType]::ParameterValue, 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)')
             [CompletionResult]::new('destroy', 'destroy', [CompletionResultType]::ParameterValue, 'Remove smartproxy''s table (and nothing else)')
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Per route: packets, bytes and open connections in the kernel, serve''s own counts')
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects)')
             [CompletionResult]::new('__watchdog', '__watchdog', [CompletionResultType]::ParameterValue, 'Internal: the detached confirm-timeout watchdog')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print shell completions')
@@ -92,6 +93,14 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
         }
+        'smartproxy;status' {
+            [CompletionResult]::new('--table', '--table', [CompletionResultType]::ParameterName, 'The table to report on (default: PATH''s settings, else `smartproxy`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'format')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto = on a terminal and NO_COLOR unset')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            break
+        }
         'smartproxy;serve' {
             [CompletionResult]::new('--metrics', '--metrics', [CompletionResultType]::ParameterName, 'Serve Prometheus metrics at http://ADDR/metrics')
             [CompletionResult]::new('--hello-timeout', '--hello-timeout', [CompletionResultType]::ParameterName, 'Seconds a client has to send its TLS ClientHello (and finish the handshake)')
@@ -126,6 +135,7 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             [CompletionResult]::new('apply', 'apply', [CompletionResultType]::ParameterValue, 'Make the kernel match the route files in one atomic transaction')
             [CompletionResult]::new('confirm', 'confirm', [CompletionResultType]::ParameterValue, 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)')
             [CompletionResult]::new('destroy', 'destroy', [CompletionResultType]::ParameterValue, 'Remove smartproxy''s table (and nothing else)')
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Per route: packets, bytes and open connections in the kernel, serve''s own counts')
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects)')
             [CompletionResult]::new('__watchdog', '__watchdog', [CompletionResultType]::ParameterValue, 'Internal: the detached confirm-timeout watchdog')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print shell completions')
@@ -148,6 +158,9 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             break
         }
         'smartproxy;help;destroy' {
+            break
+        }
+        'smartproxy;help;status' {
             break
         }
         'smartproxy;help;serve' {

@@ -46,6 +46,9 @@ _smartproxy() {
             smartproxy,serve)
                 cmd="smartproxy__subcmd__serve"
                 ;;
+            smartproxy,status)
+                cmd="smartproxy__subcmd__status"
+                ;;
             smartproxy__subcmd__help,__watchdog)
                 cmd="smartproxy__subcmd__help__subcmd____watchdog"
                 ;;
@@ -76,6 +79,9 @@ _smartproxy() {
             smartproxy__subcmd__help,serve)
                 cmd="smartproxy__subcmd__help__subcmd__serve"
                 ;;
+            smartproxy__subcmd__help,status)
+                cmd="smartproxy__subcmd__help__subcmd__status"
+                ;;
             *)
                 ;;
         esac
@@ -83,7 +89,7 @@ _smartproxy() {
 
     case "${cmd}" in
         smartproxy)
-            opts="-h -V --color --help --version check compile plan apply confirm destroy serve __watchdog completions help"
+            opts="-h -V --color --help --version check compile plan apply confirm destroy status serve __watchdog completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -279,7 +285,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__help)
-            opts="check compile plan apply confirm destroy serve __watchdog completions help"
+            opts="check compile plan apply confirm destroy status serve __watchdog completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -432,6 +438,20 @@ _smartproxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        smartproxy__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         smartproxy__subcmd__plan)
             opts="-h --out --format --detailed-exitcode --lock-timeout --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -491,6 +511,32 @@ _smartproxy() {
                     ;;
                 --watch-interval)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        smartproxy__subcmd__status)
+            opts="-h --table --format --color --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --table)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "text json prometheus" -- "${cur}"))
                     return 0
                     ;;
                 --color)

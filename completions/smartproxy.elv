@@ -29,6 +29,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand apply 'Make the kernel match the route files in one atomic transaction'
             cand confirm 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)'
             cand destroy 'Remove smartproxy''s table (and nothing else)'
+            cand status 'Per route: packets, bytes and open connections in the kernel, serve''s own counts'
             cand serve 'Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects)'
             cand __watchdog 'Internal: the detached confirm-timeout watchdog'
             cand completions 'Print shell completions'
@@ -82,6 +83,13 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand -h 'Print help'
             cand --help 'Print help'
         }
+        &'smartproxy;status'= {
+            cand --table 'The table to report on (default: PATH''s settings, else `smartproxy`)'
+            cand --format 'format'
+            cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+        }
         &'smartproxy;serve'= {
             cand --metrics 'Serve Prometheus metrics at http://ADDR/metrics'
             cand --hello-timeout 'Seconds a client has to send its TLS ClientHello (and finish the handshake)'
@@ -113,6 +121,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand apply 'Make the kernel match the route files in one atomic transaction'
             cand confirm 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)'
             cand destroy 'Remove smartproxy''s table (and nothing else)'
+            cand status 'Per route: packets, bytes and open connections in the kernel, serve''s own counts'
             cand serve 'Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects)'
             cand __watchdog 'Internal: the detached confirm-timeout watchdog'
             cand completions 'Print shell completions'
@@ -129,6 +138,8 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
         &'smartproxy;help;confirm'= {
         }
         &'smartproxy;help;destroy'= {
+        }
+        &'smartproxy;help;status'= {
         }
         &'smartproxy;help;serve'= {
         }

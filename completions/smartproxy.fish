@@ -35,6 +35,7 @@ complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "plan" -d 'Sho
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "apply" -d 'Make the kernel match the route files in one atomic transaction'
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "confirm" -d 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)'
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "destroy" -d 'Remove smartproxy\'s table (and nothing else)'
+complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "status" -d 'Per route: packets, bytes and open connections in the kernel, serve\'s own counts'
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "serve" -d 'Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects)'
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "__watchdog" -d 'Internal: the detached confirm-timeout watchdog'
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "completions" -d 'Print shell completions'
@@ -84,6 +85,14 @@ always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l auto-approve -d 'Destroy without asking'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -s h -l help -d 'Print help'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand status" -l table -d 'The table to report on (default: PATH\'s settings, else `smartproxy`)' -r
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand status" -l format -r -f -a "text\t''
+json\t''
+prometheus\t'Prometheus text exposition (for node_exporter\'s textfile collector)'"
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand status" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l metrics -d 'Serve Prometheus metrics at http://ADDR/metrics' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l hello-timeout -d 'Seconds a client has to send its TLS ClientHello (and finish the handshake)' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l connect-timeout -d 'Seconds to connect to a target before trying the next one' -r
@@ -105,13 +114,14 @@ complete -c smartproxy -n "__fish_smartproxy_using_subcommand completions" -l co
 always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand completions" -s h -l help -d 'Print help'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy serve __watchdog completions help" -f -a "check" -d 'Parse and validate route files; report every problem with file:line:col'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy serve __watchdog completions help" -f -a "compile" -d 'Print the nftables ruleset for the route files (`nft -f` ready)'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy serve __watchdog completions help" -f -a "plan" -d 'Show what apply would change in the live kernel (Terraform-style)'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy serve __watchdog completions help" -f -a "apply" -d 'Make the kernel match the route files in one atomic transaction'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy serve __watchdog completions help" -f -a "confirm" -d 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy serve __watchdog completions help" -f -a "destroy" -d 'Remove smartproxy\'s table (and nothing else)'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy serve __watchdog completions help" -f -a "serve" -d 'Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects)'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy serve __watchdog completions help" -f -a "__watchdog" -d 'Internal: the detached confirm-timeout watchdog'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy serve __watchdog completions help" -f -a "completions" -d 'Print shell completions'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy serve __watchdog completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "check" -d 'Parse and validate route files; report every problem with file:line:col'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "compile" -d 'Print the nftables ruleset for the route files (`nft -f` ready)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "plan" -d 'Show what apply would change in the live kernel (Terraform-style)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "apply" -d 'Make the kernel match the route files in one atomic transaction'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "confirm" -d 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "destroy" -d 'Remove smartproxy\'s table (and nothing else)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "status" -d 'Per route: packets, bytes and open connections in the kernel, serve\'s own counts'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "serve" -d 'Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "__watchdog" -d 'Internal: the detached confirm-timeout watchdog'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "completions" -d 'Print shell completions'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -127,6 +127,21 @@ pub enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 10.0)]
         lock_timeout: f64,
     },
+    /// Per route: packets, bytes and open connections in the kernel, serve's own counts.
+    ///
+    /// Asks a running `smartproxy serve` of the table first; otherwise reads the table's
+    /// counters and conntrack. Exits 0, also when the table does not exist.
+    Status {
+        /// Route files: list every route of them, with its targets (default: the routes
+        /// the table counts).
+        #[arg(value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// The table to report on (default: PATH's settings, else `smartproxy`).
+        #[arg(long)]
+        table: Option<String>,
+        #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+        format: StatusFormat,
+    },
     /// Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects).
     ///
     /// Reloads on SIGHUP and when a route file changes; an invalid file keeps the running
@@ -175,6 +190,14 @@ pub enum Command {
 pub enum PlanFormat {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    Text,
+    Json,
+    /// Prometheus text exposition (for node_exporter's textfile collector).
+    Prometheus,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

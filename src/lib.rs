@@ -17,6 +17,7 @@ pub mod preflight;
 pub mod render;
 pub mod serve;
 pub mod state;
+pub mod status;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
@@ -104,6 +105,11 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             lock_timeout,
             color,
         ),
+        Command::Status {
+            paths,
+            table,
+            format,
+        } => status::run(&paths, table.as_deref(), format, color),
         Command::Watchdog {
             table,
             token,
