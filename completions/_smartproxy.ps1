@@ -108,7 +108,13 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             [CompletionResult]::new('--idle-timeout', '--idle-timeout', [CompletionResultType]::ParameterName, 'Seconds without a byte in either direction before a connection is closed')
             [CompletionResult]::new('--drain-timeout', '--drain-timeout', [CompletionResultType]::ParameterName, 'Seconds open connections get to finish after SIGTERM/SIGINT')
             [CompletionResult]::new('--watch-interval', '--watch-interval', [CompletionResultType]::ParameterName, 'Seconds between checks of the route files for changes (0: only SIGHUP reloads)')
+            [CompletionResult]::new('--nftables', '--nftables', [CompletionResultType]::ParameterName, 'Who carries the kernel routes: nftables when available (auto), nftables or fail (on), or serve itself (off)')
+            [CompletionResult]::new('--health-interval', '--health-interval', [CompletionResultType]::ParameterName, 'Seconds between health checks of each target (0: no checks)')
+            [CompletionResult]::new('--health-timeout', '--health-timeout', [CompletionResultType]::ParameterName, 'Seconds a health check''s TCP connect may take')
+            [CompletionResult]::new('--health-fall', '--health-fall', [CompletionResultType]::ParameterName, 'Failed checks in a row that take a target out')
+            [CompletionResult]::new('--health-rise', '--health-rise', [CompletionResultType]::ParameterName, 'Passed checks in a row that bring a target back')
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto = on a terminal and NO_COLOR unset')
+            [CompletionResult]::new('--keep-kernel-routes', '--keep-kernel-routes', [CompletionResultType]::ParameterName, 'On stop, leave the kernel routes in place (default: remove serve''s table)')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             break

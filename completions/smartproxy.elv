@@ -97,7 +97,13 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --idle-timeout 'Seconds without a byte in either direction before a connection is closed'
             cand --drain-timeout 'Seconds open connections get to finish after SIGTERM/SIGINT'
             cand --watch-interval 'Seconds between checks of the route files for changes (0: only SIGHUP reloads)'
+            cand --nftables 'Who carries the kernel routes: nftables when available (auto), nftables or fail (on), or serve itself (off)'
+            cand --health-interval 'Seconds between health checks of each target (0: no checks)'
+            cand --health-timeout 'Seconds a health check''s TCP connect may take'
+            cand --health-fall 'Failed checks in a row that take a target out'
+            cand --health-rise 'Passed checks in a row that bring a target back'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --keep-kernel-routes 'On stop, leave the kernel routes in place (default: remove serve''s table)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }

@@ -99,9 +99,17 @@ complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l connect-
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l idle-timeout -d 'Seconds without a byte in either direction before a connection is closed' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l drain-timeout -d 'Seconds open connections get to finish after SIGTERM/SIGINT' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l watch-interval -d 'Seconds between checks of the route files for changes (0: only SIGHUP reloads)' -r
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l nftables -d 'Who carries the kernel routes: nftables when available (auto), nftables or fail (on), or serve itself (off)' -r -f -a "auto\t'Use nftables when `nft` is installed and this process holds CAP_NET_ADMIN; else serve the kernel routes in userspace, with a warning'
+on\t'Use nftables, or fail'
+off\t'Serve every route in userspace'"
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l health-interval -d 'Seconds between health checks of each target (0: no checks)' -r
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l health-timeout -d 'Seconds a health check\'s TCP connect may take' -r
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l health-fall -d 'Failed checks in a row that take a target out' -r
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l health-rise -d 'Passed checks in a row that bring a target back' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
 always\t''
 never\t''"
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l keep-kernel-routes -d 'On stop, leave the kernel routes in place (default: remove serve\'s table)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand __watchdog" -l table -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand __watchdog" -l token -r

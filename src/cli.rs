@@ -168,6 +168,25 @@ pub enum Command {
         /// Seconds between checks of the route files for changes (0: only SIGHUP reloads).
         #[arg(long, value_name = "SECS", default_value_t = 1.0)]
         watch_interval: f64,
+        /// Who carries the kernel routes: nftables when available (auto), nftables or fail
+        /// (on), or serve itself (off).
+        #[arg(long, value_enum, default_value_t = crate::serve::kernel::Mode::Auto)]
+        nftables: crate::serve::kernel::Mode,
+        /// On stop, leave the kernel routes in place (default: remove serve's table).
+        #[arg(long)]
+        keep_kernel_routes: bool,
+        /// Seconds between health checks of each target (0: no checks).
+        #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+        health_interval: f64,
+        /// Seconds a health check's TCP connect may take.
+        #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+        health_timeout: f64,
+        /// Failed checks in a row that take a target out.
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        health_fall: u32,
+        /// Passed checks in a row that bring a target back.
+        #[arg(long, value_name = "N", default_value_t = 2)]
+        health_rise: u32,
     },
     /// Internal: the detached confirm-timeout watchdog.
     #[command(name = "__watchdog", hide = true)]

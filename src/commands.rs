@@ -592,7 +592,12 @@ pub fn converge(model: &crate::model::Model) -> Result<Converged, String> {
         kernel.run(&transaction).map_err(|e| {
             format!("the kernel refused the transaction; nothing was changed:\n{e}")
         })?;
-        cache::committed(&kernel, &model.table, planned.generation, &p.desired_listing);
+        cache::committed(
+            &kernel,
+            &model.table,
+            planned.generation,
+            &p.desired_listing,
+        );
         if let Err(e) = state::write(&model.table, "applied", &p.desired_listing) {
             tracing::warn!("could not record the applied table for drift detection: {e}");
         }
@@ -604,7 +609,11 @@ pub fn converge(model: &crate::model::Model) -> Result<Converged, String> {
 pub fn remove_table(table: &str) -> Result<bool, String> {
     let kernel = NftKernel::default();
     let _lock = state::lock(table, lock_timeout(10.0)).map_err(|e| e.to_string())?;
-    if kernel.list_table(table).map_err(|e| e.to_string())?.is_none() {
+    if kernel
+        .list_table(table)
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
         return Ok(false);
     }
     kernel

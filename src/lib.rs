@@ -123,6 +123,12 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             idle_timeout,
             drain_timeout,
             watch_interval,
+            nftables,
+            keep_kernel_routes,
+            health_interval,
+            health_timeout,
+            health_fall,
+            health_rise,
         } => {
             let secs = |s: f64| std::time::Duration::from_secs_f64(s.clamp(0.0, 86_400.0 * 365.0));
             serve::run(serve::Options {
@@ -133,6 +139,14 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
                 idle_timeout: secs(idle_timeout).max(std::time::Duration::from_millis(100)),
                 drain_timeout: secs(drain_timeout),
                 watch_interval: secs(watch_interval),
+                nftables,
+                keep_kernel_routes,
+                health: serve::health::Options {
+                    interval: secs(health_interval),
+                    timeout: secs(health_timeout).max(std::time::Duration::from_millis(10)),
+                    rise: health_rise.max(1),
+                    fall: health_fall.max(1),
+                },
             })
         }
         Command::Completions { shell } => {

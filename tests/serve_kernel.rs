@@ -424,14 +424,17 @@ fn a_reload_changes_only_the_edited_kernel_route_and_long_connections_stay_up() 
     let _b2 = Server::start(&t.b2, "b2", &format!("{}:8080", topo::B2_4));
     let b1_target = format!("{}:8080", topo::B1_4);
     let b2_target = format!("{}:8080", topo::B2_4);
-    let file = write(
-        &t,
-        "routes.toml",
-        &(settings()
-            + &route("keep", 8001, "nftables", &[&b1_target], "")
-            + &route("edit", 8002, "nftables", &[&b1_target], "")),
+    let text = settings()
+        + &route("keep", 8001, "nftables", &[&b1_target], "")
+        + &route("edit", 8002, "nftables", &[&b1_target], "");
+    // Applied before serve starts: serve adopts the table, says so, changes nothing.
+    let file = t.apply(&text);
+    let mut serve = Serve::start(&t, &file, &["--keep-kernel-routes"]);
+    let log = serve.log();
+    assert!(
+        log.contains("adopted the existing table inet sk added=0 changed=0 destroyed=0"),
+        "{log}"
     );
-    let serve = Serve::start(&t, &file, &[]);
     // A long-lived connection through `keep`, and some traffic on both routes.
     let mut long = t.client.run_in(|| {
         TcpStream::connect_timeout(&"192.0.2.1:8001".parse().expect("addr"), T).expect("connect")
@@ -480,6 +483,14 @@ fn a_reload_changes_only_the_edited_kernel_route_and_long_connections_stay_up() 
     assert!(hello(&t.client, "192.0.2.1:8001", T)
         .expect("keep")
         .starts_with("b1 "));
+    // --keep-kernel-routes: the routes outlive serve.
+    drop(long);
+    serve.signal("TERM");
+    assert_eq!(serve.exit_code(Duration::from_secs(15)), 0, "{}", serve.log());
+    assert!(serve.log().contains("kept the kernel routes in table inet sk"));
+    assert!(hello(&t.client, "192.0.2.1:8002", T)
+        .expect("edit")
+        .starts_with("b2 "));
 }
 
 #[test]
