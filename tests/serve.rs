@@ -143,7 +143,14 @@ impl Serve {
             .args(["serve", routes.to_str().expect("utf-8")])
             .args(["--metrics", &format!("127.0.0.1:{metrics}")])
             .args(["--watch-interval", "0", "--hello-timeout", "3"])
+            // Userspace only: these tests run on the host's loopback and never touch its
+            // ruleset (tests/serve_kernel.rs covers the kernel side in namespaces).
+            .args(["--nftables", "off"])
             .env("NO_COLOR", "1")
+            .env(
+                "SMARTPROXY_STATE_DIR",
+                routes.parent().expect("a directory").join("state"),
+            )
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -806,20 +813,28 @@ fn proxy_protocol_v2_in_from_a_listed_balancer_and_out_to_the_target() {
 fn a_port_another_serve_holds_is_an_error_not_a_share() {
     let (_pki, _a, port, file) = alpha_only();
     let _first = Serve::start(&file, port);
-    let second = Command::new(env!("CARGO_BIN_EXE_smartproxy"))
-        .args([
-            "serve",
-            file.to_str().expect("utf-8"),
-            "--watch-interval",
-            "0",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("second serve runs");
-    assert_eq!(second.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&second.stderr);
+    let second = |state: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_smartproxy"))
+            .args(["serve", file.to_str().expect("utf-8")])
+            .args(["--watch-interval", "0", "--nftables", "off"])
+            .env("SMARTPROXY_STATE_DIR", state)
+            .stdin(Stdio::null())
+            .output()
+            .expect("second serve runs");
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Another table's serve (its own state): the port is taken.
+    let elsewhere = tempfile::tempdir().expect("dir");
+    let stderr = second(elsewhere.path());
     assert!(
         stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+    // The same table's: found by its status socket before anything is bound.
+    let stderr = second(&file.parent().expect("a directory").join("state"));
+    assert!(
+        stderr.contains("another smartproxy serve runs for table inet smartproxy"),
         "{stderr}"
     );
 }

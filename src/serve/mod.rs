@@ -410,9 +410,16 @@ async fn provision(shared: &Arc<Shared>, starting: bool) -> Result<(), String> {
     }
     let model = kernel::without_down(&shared.model(), &shared.health.down());
     let table = model.table.clone();
-    if starting && model.kernel.is_empty() {
-        // Nothing for the kernel: no table of ours to create (one left by an earlier
-        // `--keep-kernel-routes` is adopted on the first reload with kernel routes).
+    if model.kernel.is_empty() {
+        // Nothing for the kernel: no table (not even an empty one); one of ours with
+        // routes the files no longer have goes.
+        let gone = table.clone();
+        let removed = tokio::task::spawn_blocking(move || crate::commands::remove_table(&gone))
+            .await
+            .map_err(|e| e.to_string())??;
+        if removed {
+            info!("removed table inet {table}: the route files have no kernel routes");
+        }
         return Ok(());
     }
     let converged = tokio::task::spawn_blocking(move || crate::commands::converge(&model))
