@@ -153,10 +153,7 @@ pub fn lower(config: &Config, resolver: &dyn Resolver) -> Result<Model, Vec<Diag
         let mut chunk_diags = Vec::new();
         let routes: Vec<KernelRoute> = chunk
             .iter()
-            .map(|&(route, id)| match route.engine {
-                Engine::Userspace => shield_route(route, id << shift),
-                _ => kernel_route(route, id << shift, resolver, &mut chunk_diags),
-            })
+            .map(|&(route, id)| kernel_route(route, id << shift, resolver, &mut chunk_diags))
             .collect();
         (routes, chunk_diags)
     });
@@ -194,6 +191,8 @@ fn kernel_route(
     diags: &mut Vec<Diagnostic>,
 ) -> KernelRoute {
     let action = match route.kind {
+        // A userspace route here is its kernel shield (see [`shielded`]).
+        _ if route.engine == Engine::Userspace => KernelAction::Shield,
         ActionKind::Block | ActionKind::Redirect => KernelAction::Block,
         ActionKind::Forward => {
             let mut v4 = Vec::new();
@@ -232,10 +231,10 @@ fn kernel_route(
             }
         }
     };
-    let comment = if route.description.is_empty() {
-        route.name.clone()
-    } else {
-        format!("{}: {}", route.name, route.description)
+    let comment = match (route.engine, route.description.is_empty()) {
+        (Engine::Userspace, _) => format!("{}: kernel shield of a userspace route", route.name),
+        (_, true) => route.name.clone(),
+        (_, false) => format!("{}: {}", route.name, route.description),
     };
     // Redirected connections never leave the host: nothing to masquerade.
     let all_local = match &action {
@@ -311,33 +310,6 @@ pub fn shielded(config: &Config) -> Vec<&Route> {
         })
         .copied()
         .collect()
-}
-
-/// A userspace route's kernel shield (see [`shielded`]): its connections marked, counted
-/// and filtered in the table on their way to serve.
-fn shield_route(route: &Route, mark: u32) -> KernelRoute {
-    let comment = format!("{}: kernel shield of a userspace route", route.name);
-    KernelRoute {
-        name: route.name.clone(),
-        comment: sanitize_comment(&comment),
-        mark,
-        l4: route.protocol.l4().to_vec(),
-        ports: sorted(route.ports.clone()),
-        addresses: sorted(route.addresses.clone()),
-        action: KernelAction::Shield,
-        allow: route
-            .security
-            .allow_set
-            .then(|| route.security.allow.clone()),
-        block: route.security.block.clone(),
-        max_connections: route.security.max_connections,
-        rate_limit: route.security.rate_limit,
-        max_rate: None,
-        snat: Snat::None,
-        qos: None,
-        log: route.log,
-        use_ip_sets: route.nftables.use_ip_sets,
-    }
 }
 
 fn userspace_route(

@@ -193,26 +193,9 @@ impl Serve {
 
     /// The metrics as parsed by a Prometheus text-format parser: (name, route label) → value.
     fn metrics(&self) -> Vec<(String, Option<String>, f64)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.metrics)).expect("metrics");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .expect("request");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("response");
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        let lines = body.lines().map(|l| Ok(l.to_owned()));
-        let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
-        scrape
-            .samples
+        common::scrape(&common::metrics_body(self.metrics))
             .into_iter()
-            .map(|s| {
-                let v = match s.value {
-                    prometheus_parse::Value::Counter(v)
-                    | prometheus_parse::Value::Gauge(v)
-                    | prometheus_parse::Value::Untyped(v) => v,
-                    _ => f64::NAN,
-                };
-                (s.metric, s.labels.get("route").map(str::to_owned), v)
-            })
+            .map(|(name, route, _, value)| (name, route, value))
             .collect()
     }
 

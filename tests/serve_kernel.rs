@@ -136,35 +136,9 @@ impl Serve {
     /// Serve's metrics, parsed: (name, route label, target label) → value.
     fn metrics(&self) -> Vec<(String, Option<String>, Option<String>, f64)> {
         let port = self.metrics;
-        let text = common::run_in_netns(&self.gateway, move || {
-            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("metrics");
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-                .expect("request");
-            let mut text = String::new();
-            s.read_to_string(&mut text).expect("response");
-            text
-        });
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        let lines = body.lines().map(|l| Ok(l.to_owned()));
-        let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
-        scrape
-            .samples
-            .into_iter()
-            .map(|s| {
-                let v = match s.value {
-                    prometheus_parse::Value::Counter(v)
-                    | prometheus_parse::Value::Gauge(v)
-                    | prometheus_parse::Value::Untyped(v) => v,
-                    _ => f64::NAN,
-                };
-                (
-                    s.metric,
-                    s.labels.get("route").map(str::to_owned),
-                    s.labels.get("target").map(str::to_owned),
-                    v,
-                )
-            })
-            .collect()
+        common::scrape(&common::run_in_netns(&self.gateway, move || {
+            common::metrics_body(port)
+        }))
     }
 
     fn metric(&self, name: &str, route: &str) -> f64 {
@@ -486,8 +460,15 @@ fn a_reload_changes_only_the_edited_kernel_route_and_long_connections_stay_up() 
     // --keep-kernel-routes: the routes outlive serve.
     drop(long);
     serve.signal("TERM");
-    assert_eq!(serve.exit_code(Duration::from_secs(15)), 0, "{}", serve.log());
-    assert!(serve.log().contains("kept the kernel routes in table inet sk"));
+    assert_eq!(
+        serve.exit_code(Duration::from_secs(15)),
+        0,
+        "{}",
+        serve.log()
+    );
+    assert!(serve
+        .log()
+        .contains("kept the kernel routes in table inet sk"));
     assert!(hello(&t.client, "192.0.2.1:8002", T)
         .expect("edit")
         .starts_with("b2 "));

@@ -102,26 +102,6 @@ fn hold(t: &Topology) -> TcpStream {
     })
 }
 
-/// The samples of a Prometheus text as (name, route, target) -> value.
-fn scrape(text: &str) -> Vec<(String, Option<String>, Option<String>, f64)> {
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
-    scrape
-        .samples
-        .into_iter()
-        .map(|s| {
-            let v = match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => f64::NAN,
-            };
-            let label = |k: &str| s.labels.get(k).map(str::to_owned);
-            (s.metric.clone(), label("route"), label("target"), v)
-        })
-        .collect()
-}
-
 #[allow(clippy::cast_precision_loss)] // counters of a test stay far below 2^52
 fn as_f64(n: u64) -> f64 {
     n as f64
@@ -218,7 +198,7 @@ fn status_counts_packets_bytes_and_open_connections_of_a_kernel_route() {
     let agree = wait_until(Duration::from_secs(10), || {
         let json = kernel(&status_json(&t, &path));
         let prom = status(&t, &[p, "--format", "prometheus"]);
-        let samples = scrape(&prom);
+        let samples = common::scrape(&prom);
         let value = |name: &str| {
             samples
                 .iter()
@@ -286,7 +266,7 @@ fn status_of_a_missing_table_exits_0_and_says_so() {
         }
     );
     let prom = run(&["--table", "nope", "--format", "prometheus"]);
-    assert!(scrape(&prom).is_empty(), "no samples:\n{prom}");
+    assert!(common::scrape(&prom).is_empty(), "no samples:\n{prom}");
     // The default table is `smartproxy`.
     assert!(run(&[]).contains("table inet smartproxy does not exist"));
 }
@@ -355,7 +335,7 @@ fn status_shows_what_a_running_serve_answers_on_its_socket() {
     let text = run("text");
     assert!(text.contains("serve pid 4242, nftables fallback"), "{text}");
     assert!(text.contains("198.51.100.2:443 DOWN"), "{text}");
-    let samples = scrape(&run("prometheus"));
+    let samples = common::scrape(&run("prometheus"));
     let find = |name: &str| samples.iter().find(|s| s.0 == name).cloned();
     assert_eq!(
         find("smartproxy_serve_refused_total").map(|s| (s.1, s.3)),

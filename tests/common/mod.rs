@@ -190,3 +190,37 @@ pub fn run_in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send 
     .join()
     .expect("namespace thread finishes")
 }
+
+/// The samples of a Prometheus text exposition, parsed by `prometheus-parse`:
+/// (name, `route` label, `target` label, value).
+pub fn scrape(text: &str) -> Vec<(String, Option<String>, Option<String>, f64)> {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    scrape
+        .samples
+        .into_iter()
+        .map(|s| {
+            let v = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            };
+            let label = |k: &str| s.labels.get(k).map(str::to_owned);
+            (s.metric.clone(), label("route"), label("target"), v)
+        })
+        .collect()
+}
+
+/// The body of `GET /metrics` from 127.0.0.1:`port`.
+pub fn metrics_body(port: u16) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
