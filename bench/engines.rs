@@ -661,6 +661,38 @@ fn main() {
         .count();
     let verdict = |met: bool| if met { "met" } else { "MISSED" };
     let m3 = |v: &[f64]| format!("{:.3}", median(v));
+    // The rows both tables end with; `goal_column`: the table has a Goal column (left empty).
+    let shared_rows = |which: Pick, goal_column: bool| {
+        let end = if goal_column { "  |" } else { "" };
+        let own = ratio(which, &attributed);
+        println!(
+            "| CPU s per GB of the run's own processes (check) | {} | {} | {} | {:.2}× | {} |{end}",
+            m3(&col(which, k, &attributed)),
+            m3(&col(which, s, &attributed)),
+            m3(&col(which, p, &attributed)),
+            median(&own),
+            range2(&own)
+        );
+        let above_plain = above_ratio(which);
+        println!(
+            "| machine CPU s per GB above plain routing | {} | {} | — | {:.2}× | {} |{end}",
+            m3(&above(which, k)),
+            m3(&above(which, s)),
+            median(&above_plain),
+            range2(&above_plain)
+        );
+        println!(
+            "| serve process CPU s per GB (utime + stime) | — | {} | — | — | {} |{end}",
+            m3(&col(which, s, &proc_cpu)),
+            range2(&col(which, s, &proc_cpu))
+        );
+        println!(
+            "| machine busy during the run, % of {cores} cores | {:.0} | {:.0} | {:.0} | — | — |{end}",
+            median(&col(which, k, &busy)),
+            median(&col(which, s, &busy)),
+            median(&col(which, p, &busy))
+        );
+    };
 
     println!(
         "machine: {cores} cores, CLK_TCK {tck}; busy CPU with no traffic of ours (before each round) {:.2} CPUs (range {}); steal over all measured runs {steal:.2} s",
@@ -686,35 +718,7 @@ fn main() {
         range2(&cpu_ratio),
         verdict(cpu_m <= GOAL_CPU)
     );
-    let att_ratio = ratio(max, &attributed);
-    println!(
-        "| CPU s per GB of the run's own processes (check) | {} | {} | {} | {:.2}× | {} |  |",
-        m3(&col(max, k, &attributed)),
-        m3(&col(max, s, &attributed)),
-        m3(&col(max, p, &attributed)),
-        median(&att_ratio),
-        range2(&att_ratio)
-    );
-    let ar = above_ratio(max);
-    println!(
-        "| machine CPU s per GB above plain routing (context) | {} | {} | — | {:.2}× | {} |  |",
-        m3(&above(max, k)),
-        m3(&above(max, s)),
-        median(&ar),
-        range2(&ar)
-    );
-    println!(
-        "| serve process CPU s per GB (utime + stime) | — | {} | — | — | {} |  |",
-        m3(&col(max, s, &proc_cpu)),
-        range2(&col(max, s, &proc_cpu))
-    );
-    println!(
-        "| machine busy during the run, % of {cores} cores | {:.0} | {:.0} | {:.0} | — | — |  |",
-        median(&col(max, k, &busy)),
-        median(&col(max, s, &busy)),
-        median(&col(max, p, &busy))
-    );
-
+    shared_rows(max, true);
     println!("\nAt a fixed rate (`iperf3 -b {FIXED_RATE} --pacing-timer {PACING_US}`, same rounds; context, not a goal):\n");
     println!("| Measurement | kernel (nftables) | serve | plain routing | kernel / serve (median of rounds) | range |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -733,35 +737,7 @@ fn main() {
         median(&fr),
         range2(&fr)
     );
-    let fatt = ratio(fixed, &attributed);
-    println!(
-        "| CPU s per GB of the run's own processes (check) | {} | {} | {} | {:.2}× | {} |",
-        m3(&col(fixed, k, &attributed)),
-        m3(&col(fixed, s, &attributed)),
-        m3(&col(fixed, p, &attributed)),
-        median(&fatt),
-        range2(&fatt)
-    );
-    let far = above_ratio(fixed);
-    println!(
-        "| machine CPU s per GB above plain routing | {} | {} | — | {:.2}× | {} |",
-        m3(&above(fixed, k)),
-        m3(&above(fixed, s)),
-        median(&far),
-        range2(&far)
-    );
-    println!(
-        "| serve process CPU s per GB (utime + stime) | — | {} | — | — | {} |",
-        m3(&col(fixed, s, &proc_cpu)),
-        range2(&col(fixed, s, &proc_cpu))
-    );
-    println!(
-        "| machine busy during the run, % of {cores} cores | {:.0} | {:.0} | {:.0} | — | — |",
-        median(&col(fixed, k, &busy)),
-        median(&col(fixed, s, &busy)),
-        median(&col(fixed, p, &busy))
-    );
-
+    shared_rows(fixed, false);
     println!("\nPer round, as fast as it goes (kernel / serve / plain):\n");
     println!("| round | order | Gbit/s | machine CPU s/GB | own-processes CPU s/GB | serve process CPU s/GB | GB moved | busy % | throughput ratio | CPU ratio | above-plain ratio | idle CPUs before |");
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -788,7 +764,7 @@ fn main() {
             busy(&pr),
             tp_ratio[i],
             cpu_ratio[i],
-            ar[i],
+            above_ratio(max)[i],
             idle[i]
         );
     }
@@ -813,7 +789,7 @@ fn main() {
             busy(&sr),
             busy(&pr),
             fr[i],
-            far[i]
+            above_ratio(fixed)[i]
         );
     }
     if slow_fixed > 0 {
