@@ -586,12 +586,6 @@ pub fn render_json(s: &Status) -> String {
     out
 }
 
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// A metric family over the routes: name, type, help, and the value of a route (none: the
 /// route has no sample).
 type RouteFamily = (
@@ -622,63 +616,38 @@ const KERNEL_FAMILIES: [RouteFamily; 3] = [
     ),
 ];
 
-/// The same names, types and help as serve's own `/metrics` (src/serve/metrics.rs).
-const SERVE_FAMILIES: [RouteFamily; 7] = [
-    (
-        "smartproxy_serve_connections_total",
-        "counter",
-        "connections accepted for the route",
-        |r| r.serve.as_ref().map(|v| v.connections_total),
-    ),
-    (
-        "smartproxy_serve_connections_active",
-        "gauge",
-        "connections open now",
-        |r| r.serve.as_ref().map(|v| v.active),
-    ),
-    (
-        "smartproxy_serve_bytes_in_total",
-        "counter",
-        "bytes from clients to targets",
-        |r| r.serve.as_ref().map(|v| v.bytes_in),
-    ),
-    (
-        "smartproxy_serve_bytes_out_total",
-        "counter",
-        "bytes from targets to clients",
-        |r| r.serve.as_ref().map(|v| v.bytes_out),
-    ),
-    (
-        "smartproxy_serve_errors_total",
-        "counter",
-        "connections that ended in an error (no target reachable, TLS failure, timeout)",
-        |r| r.serve.as_ref().map(|v| v.errors),
-    ),
-    (
-        "smartproxy_serve_refused_total",
-        "counter",
-        "connections refused by the route's security settings",
-        |r| r.serve.as_ref().map(|v| v.refused),
-    ),
-    (
-        "smartproxy_serve_tls_handshakes_total",
-        "counter",
-        "TLS handshakes completed with clients",
-        |r| r.serve.as_ref().map(|v| v.tls_handshakes),
-    ),
+/// The values of serve's families, in the order of its `/metrics`
+/// ([`crate::serve::metrics::ROUTE_FAMILIES`], names, types and help).
+const SERVE_VALUES: [fn(&RouteStatus) -> Option<u64>; 7] = [
+    |r| r.serve.as_ref().map(|v| v.connections_total),
+    |r| r.serve.as_ref().map(|v| v.active),
+    |r| r.serve.as_ref().map(|v| v.bytes_in),
+    |r| r.serve.as_ref().map(|v| v.bytes_out),
+    |r| r.serve.as_ref().map(|v| v.errors),
+    |r| r.serve.as_ref().map(|v| v.refused),
+    |r| r.serve.as_ref().map(|v| v.tls_handshakes),
 ];
 
 /// Prometheus text exposition. `with_serve`: also the serve counters (serve's own /metrics
 /// already exports those, under the names in src/serve/metrics.rs, so it passes false).
 pub fn render_prometheus(s: &Status, with_serve: bool) -> String {
     let mut out = String::new();
-    let serve: &[RouteFamily] = if with_serve { &SERVE_FAMILIES } else { &[] };
-    for (name, kind, help, value) in KERNEL_FAMILIES.iter().chain(serve) {
+    let serve: Vec<RouteFamily> = crate::serve::metrics::ROUTE_FAMILIES
+        .iter()
+        .zip(SERVE_VALUES)
+        .filter(|_| with_serve)
+        .map(|(&(name, kind, help), value)| (name, kind, help, value))
+        .collect();
+    for (name, kind, help, value) in KERNEL_FAMILIES.iter().chain(&serve) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         for r in &s.routes {
             if let Some(v) = value(r) {
-                let _ = writeln!(out, "{name}{{route=\"{}\"}} {v}", escape_label(&r.name));
+                let _ = writeln!(
+                    out,
+                    "{name}{{route=\"{}\"}} {v}",
+                    crate::serve::metrics::escape_label(&r.name)
+                );
             }
         }
     }
@@ -694,8 +663,8 @@ pub fn render_prometheus(s: &Status, with_serve: bool) -> String {
                 let _ = writeln!(
                     out,
                     "{name}{{route=\"{}\",target=\"{}\"}} {}",
-                    escape_label(&r.name),
-                    escape_label(&t.target),
+                    crate::serve::metrics::escape_label(&r.name),
+                    crate::serve::metrics::escape_label(&t.target),
                     u8::from(up)
                 );
             }

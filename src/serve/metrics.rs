@@ -68,51 +68,17 @@ impl Metrics {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let mut out = String::new();
-        let families: [Family; 7] = [
-            (
-                "smartproxy_serve_connections_total",
-                "counter",
-                "connections accepted for the route",
-                |m| &m.connections,
-            ),
-            (
-                "smartproxy_serve_connections_active",
-                "gauge",
-                "connections open now",
-                |m| &m.active,
-            ),
-            (
-                "smartproxy_serve_bytes_in_total",
-                "counter",
-                "bytes from clients to targets",
-                |m| &m.bytes_in,
-            ),
-            (
-                "smartproxy_serve_bytes_out_total",
-                "counter",
-                "bytes from targets to clients",
-                |m| &m.bytes_out,
-            ),
-            (
-                "smartproxy_serve_errors_total",
-                "counter",
-                "connections that ended in an error (no target reachable, TLS failure, timeout)",
-                |m| &m.errors,
-            ),
-            (
-                "smartproxy_serve_refused_total",
-                "counter",
-                "connections refused by the route's security settings",
-                |m| &m.refused,
-            ),
-            (
-                "smartproxy_serve_tls_handshakes_total",
-                "counter",
-                "TLS handshakes completed with clients",
-                |m| &m.tls_handshakes,
-            ),
+        // In the order of [`ROUTE_FAMILIES`].
+        let values: [fn(&RouteMetrics) -> &AtomicU64; 7] = [
+            |m| &m.connections,
+            |m| &m.active,
+            |m| &m.bytes_in,
+            |m| &m.bytes_out,
+            |m| &m.errors,
+            |m| &m.refused,
+            |m| &m.tls_handshakes,
         ];
-        for (name, kind, help, get) in families {
+        for (&(name, kind, help), get) in ROUTE_FAMILIES.iter().zip(values) {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
             for (route, m) in &routes {
@@ -149,15 +115,47 @@ impl Metrics {
     }
 }
 
-/// A metric family of the routes: name, type, help, and which counter.
-type Family = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&RouteMetrics) -> &AtomicU64,
-);
+/// serve's per-route metric families: name, type, help (`status` exports the same).
+pub const ROUTE_FAMILIES: [(&str, &str, &str); 7] = [
+    (
+        "smartproxy_serve_connections_total",
+        "counter",
+        "connections accepted for the route",
+    ),
+    (
+        "smartproxy_serve_connections_active",
+        "gauge",
+        "connections open now",
+    ),
+    (
+        "smartproxy_serve_bytes_in_total",
+        "counter",
+        "bytes from clients to targets",
+    ),
+    (
+        "smartproxy_serve_bytes_out_total",
+        "counter",
+        "bytes from targets to clients",
+    ),
+    (
+        "smartproxy_serve_errors_total",
+        "counter",
+        "connections that ended in an error (no target reachable, TLS failure, timeout)",
+    ),
+    (
+        "smartproxy_serve_refused_total",
+        "counter",
+        "connections refused by the route's security settings",
+    ),
+    (
+        "smartproxy_serve_tls_handshakes_total",
+        "counter",
+        "TLS handshakes completed with clients",
+    ),
+];
 
-fn escape_label(v: &str) -> String {
+/// A Prometheus label value, escaped.
+pub fn escape_label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
