@@ -128,20 +128,6 @@ fn many_routes(n: usize, base: usize) -> String {
     out
 }
 
-/// Polls `f` every 50 ms until it holds or `limit` passes.
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return true;
-        }
-        if start.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A foreign table with rules and a set, the way an admin's or docker's would look.
 const FOREIGN: &str = "table ip admin {
 	set trusted {
@@ -243,7 +229,7 @@ fn route_1_and_route_10000_pass_the_same_number_of_rules() {
                 Duration::from_secs(3),
             );
             assert!(greeting.is_ok(), "route on {port} connects: {greeting:?}");
-            wait_until(Duration::from_secs(1), || {
+            common::wait_until(Duration::from_secs(1), || {
                 trace_of_port(&lines.lock().expect("lines"), port).is_some()
             })
         });
@@ -486,7 +472,7 @@ fn changing_one_of_1000_routes_keeps_other_counters_and_connections() {
     conn.read_exact(&mut greeting).expect("greeting");
     assert_eq!(&greeting, b"b1 1");
     conn.write_all(&[1u8; 1000]).expect("send before");
-    assert!(wait_until(Duration::from_secs(3), || srv
+    assert!(common::wait_until(Duration::from_secs(3), || srv
         .received
         .load(std::sync::atomic::Ordering::Relaxed)
         >= 1000 + 6 * 3000));
@@ -537,7 +523,7 @@ fn changing_one_of_1000_routes_keeps_other_counters_and_connections() {
     let before_bytes = srv.received.load(std::sync::atomic::Ordering::Relaxed);
     conn.write_all(&[2u8; 1000]).expect("send after apply");
     assert!(
-        wait_until(Duration::from_secs(3), || srv
+        common::wait_until(Duration::from_secs(3), || srv
             .received
             .load(std::sync::atomic::Ordering::Relaxed)
             >= before_bytes + 1000),
@@ -720,7 +706,7 @@ fn confirm_timeout_rolls_back_unless_confirmed() {
         "applied"
     );
     assert!(
-        wait_until(Duration::from_secs(5), || our_table(&t).as_deref()
+        common::wait_until(Duration::from_secs(5), || our_table(&t).as_deref()
             == Some(state1.as_str())),
         "rolled back within 5 s (took {:?}): {:?}",
         at.elapsed(),
@@ -750,7 +736,7 @@ fn confirm_timeout_rolls_back_unless_confirmed() {
     );
     apply_with_confirm_then_kill(&t, &mask, "1");
     assert!(
-        wait_until(Duration::from_secs(4), || our_table(&t)
+        common::wait_until(Duration::from_secs(4), || our_table(&t)
             .is_some_and(|x| x.contains("& 0x00ff0000"))),
         "the whole table is restored: {:?}",
         our_table(&t)
@@ -774,7 +760,7 @@ fn confirm_timeout_rolls_back_unless_confirmed() {
     t.gateway
         .nft_ok(&["add", "chain", "inet", "smartproxy", "zz_by_hand"], None);
     assert!(
-        wait_until(Duration::from_secs(4), || our_table(&t)
+        common::wait_until(Duration::from_secs(4), || our_table(&t)
             .is_some_and(|x| !x.contains("zz_by_hand") && !x.contains("f_api"))),
         "{:?}",
         our_table(&t)
@@ -787,7 +773,7 @@ fn confirm_timeout_rolls_back_unless_confirmed() {
     assert_eq!(code(&o), 0, "{}", show(&o));
     apply_with_confirm_then_kill(&t, &f1, "1");
     assert!(
-        wait_until(Duration::from_secs(4), || our_table(&t).is_none()),
+        common::wait_until(Duration::from_secs(4), || our_table(&t).is_none()),
         "the new table is removed again"
     );
     apply_ok(&t, &f1);
@@ -866,7 +852,7 @@ fn a_stale_saved_plan_is_refused() {
 /// Waits until some process holds the table's lock (`flock -n` fails), then a little more.
 fn wait_for_lock_holder(t: &Topology) {
     let lock = t.state.path().join("smartproxy.lock");
-    let held = wait_until(Duration::from_secs(10), || {
+    let held = common::wait_until(Duration::from_secs(10), || {
         lock.exists()
             && Command::new("flock")
                 .args(["-n", s(&lock), "true"])

@@ -151,15 +151,7 @@ impl Serve {
 
 /// Packets counted by our table's counter of `route`.
 fn kernel_packets(gateway: &Netns, route: &str) -> u64 {
-    let out = gateway.nft_ok(
-        &["list", "counter", "inet", TABLE, &format!("c_{route}")],
-        None,
-    );
-    out.split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no packet count in {out}"))
+    gateway.counter(TABLE, &format!("c_{route}")).0
 }
 
 fn table_exists(gateway: &Netns, table: &str) -> bool {
@@ -167,14 +159,6 @@ fn table_exists(gateway: &Netns, table: &str) -> bool {
         .nft(&["list", "table", "inet", table], None)
         .status
         .success()
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn route(name: &str, port: u16, engine: &str, targets: &[&str], extra: &str) -> String {
@@ -437,9 +421,11 @@ fn a_reload_changes_only_the_edited_kernel_route_and_long_connections_stay_up() 
     )
     .expect("edit");
     serve.signal("HUP");
-    wait_until("serve to change the table", Duration::from_secs(10), || {
-        serve.log().contains("~ edit")
-    });
+    assert!(
+        common::wait_until(Duration::from_secs(10), || serve.log().contains("~ edit")),
+        "serve did not change the table:\n{}",
+        serve.log()
+    );
     assert!(hello(&t.client, "192.0.2.1:8002", T)
         .expect("edit")
         .starts_with("b2 "));

@@ -63,29 +63,7 @@ fn kernel(s: &Status) -> KernelCounts {
 
 /// `nft list counter inet spstat c_web` -> (packets, bytes).
 fn nft_counter(t: &Topology) -> (u64, u64) {
-    let text = t
-        .gateway
-        .nft_ok(&["list", "counter", "inet", TABLE, "c_web"], None);
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let after = |key: &str| -> u64 {
-        let i = words.iter().position(|w| *w == key).expect(key);
-        words[i + 1].parse().expect("a number")
-    };
-    (after("packets"), after("bytes"))
-}
-
-/// Polls `f` every 100 ms until it holds or `limit` passes.
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return true;
-        }
-        if start.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    t.gateway.counter(TABLE, "c_web")
 }
 
 /// A connection from the client through the route, held open until dropped.
@@ -147,7 +125,7 @@ fn status_counts_packets_bytes_and_open_connections_of_a_kernel_route() {
 
     // The counter agrees with nft once the closing packets are through.
     let mut seen = None;
-    let agreed = wait_until(Duration::from_secs(10), || {
+    let agreed = common::wait_until(Duration::from_secs(10), || {
         let before = nft_counter(&t);
         let k = kernel(&status_json(&t, &path));
         let after = nft_counter(&t);
@@ -165,7 +143,7 @@ fn status_counts_packets_bytes_and_open_connections_of_a_kernel_route() {
     let held = hold(&t);
     let mut last = None;
     assert!(
-        wait_until(Duration::from_secs(10), || {
+        common::wait_until(Duration::from_secs(10), || {
             let k = kernel(&status_json(&t, &path));
             last = Some(k.clone());
             k.active == 1
@@ -183,7 +161,7 @@ fn status_counts_packets_bytes_and_open_connections_of_a_kernel_route() {
 
     drop(held);
     assert!(
-        wait_until(Duration::from_secs(10), || {
+        common::wait_until(Duration::from_secs(10), || {
             let k = kernel(&status_json(&t, &path));
             last = Some(k.clone());
             k.active == 0
@@ -195,7 +173,7 @@ fn status_counts_packets_bytes_and_open_connections_of_a_kernel_route() {
     // packet slipped in between).
     let p = path.to_str().expect("utf-8");
     let mut last = String::new();
-    let agree = wait_until(Duration::from_secs(10), || {
+    let agree = common::wait_until(Duration::from_secs(10), || {
         let json = kernel(&status_json(&t, &path));
         let prom = status(&t, &[p, "--format", "prometheus"]);
         let samples = common::scrape(&prom);

@@ -224,3 +224,33 @@ pub fn metrics_body(port: u16) -> String {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default()
 }
+
+/// Polls `f` every 50 ms until it holds (true) or `limit` passes (false).
+pub fn wait_until(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+impl Netns {
+    /// `nft list counter inet TABLE NAME` -> (packets, bytes).
+    pub fn counter(&self, table: &str, name: &str) -> (u64, u64) {
+        let text = self.nft_ok(&["list", "counter", "inet", table, name], None);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let after = |key: &str| -> u64 {
+            let i = words
+                .iter()
+                .position(|w| *w == key)
+                .unwrap_or_else(|| panic!("no {key} in {text}"));
+            words[i + 1].parse().expect("a number")
+        };
+        (after("packets"), after("bytes"))
+    }
+}
