@@ -40,7 +40,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{have, median, ok, run, smartproxy_bin, topology, wait_port, Netns, Topo};
+use common::{have, median, ok, run, smartproxy_bin, stop, topology, wait_port, Netns, Topo};
 
 /// Rounds (`-- --rounds N` for a quick check of the bench itself, at most 20).
 const ROUNDS: usize = 5;
@@ -273,18 +273,6 @@ fn start_serve(t: &Topo, dir: &Path) -> Child {
     child
 }
 
-fn stop_serve(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 fn listeners(ns: &Netns, port: u16) -> String {
     let out = run(&mut ns.cmd(&["ss", "-Hltnp", &format!("sport = :{port}")]));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -480,7 +468,7 @@ fn measure(t: &Topo, path: Path3, dir: &Path, probe: &Probe, fixed: bool) -> Run
                 rules.trim().is_empty(),
                 "serve's run had nftables rules in the gateway: {rules}"
             );
-            stop_serve(child);
+            stop(child);
         }
         Path3::Plain => {
             assert!(!has_table(&t.gateway), "plain routing has no table");

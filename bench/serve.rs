@@ -24,7 +24,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{have, iperf, median, nginx_conf, ok, smartproxy_bin, topology, wait_port, wrk, Topo};
+use common::{
+    have, iperf, median, nginx_conf, ok, smartproxy_bin, stop, topology, wait_port, wrk, Topo,
+};
 
 const ROUNDS: usize = 5;
 const IDLE_CONNECTIONS: usize = 5000;
@@ -109,18 +111,6 @@ fn start(t: &Topo, engine: Engine, dir: &Path) -> Child {
         wait_port(&t.gateway, port);
     }
     child
-}
-
-fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn rss_kib(pid: u32) -> u64 {
