@@ -284,8 +284,7 @@ pub fn apply(a: &ApplyArgs<'_>) -> i32 {
             "the kernel refused the transaction; nothing was changed:\n{e}"
         ));
     }
-    cache::committed(&kernel, &table, generation, &p.desired_listing);
-    if let Err(e) = state::write(&table, "applied", &p.desired_listing) {
+    if let Err(e) = record_commit(&kernel, &table, generation, &p.desired_listing) {
         eprintln!("warning: applied, but could not record it for drift detection: {e}");
     }
     let s = p.summary;
@@ -555,6 +554,18 @@ pub fn destroy(
     EXIT_OK
 }
 
+/// After a commit of `listing` to `table`: the live-listing cache learns it, and the
+/// applied record (drift detection) is written; an error only for the record.
+fn record_commit(
+    kernel: &dyn Kernel,
+    table: &str,
+    generation: Option<u32>,
+    listing: &str,
+) -> Result<(), state::StateError> {
+    cache::committed(kernel, table, generation, listing);
+    state::write(table, "applied", listing)
+}
+
 /// What [`converge`] found and did.
 #[derive(Clone, Debug)]
 pub struct Converged {
@@ -592,14 +603,13 @@ pub fn converge(model: &crate::model::Model) -> Result<Converged, String> {
         kernel.run(&transaction).map_err(|e| {
             format!("the kernel refused the transaction; nothing was changed:\n{e}")
         })?;
-        cache::committed(
+        if let Err(e) = record_commit(
             &kernel,
             &model.table,
             planned.generation,
             &p.desired_listing,
-        );
-        if let Err(e) = state::write(&model.table, "applied", &p.desired_listing) {
-            tracing::warn!("could not record the applied table for drift detection: {e}");
+        ) {
+            tracing::warn!("applied, but could not record it for drift detection: {e}");
         }
     }
     Ok(result)

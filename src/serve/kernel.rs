@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use crate::config::{Config, Engine, Protocol, TargetPort, L4};
-use crate::model::{KernelAction, KernelPort, Model, Snat};
+use crate::model::{Family, KernelAction, KernelPort, KernelTarget, Model, Snat};
 
 /// `serve --nftables`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -134,19 +134,26 @@ pub fn checked_targets(model: &Model) -> BTreeSet<SocketAddr> {
     }
     for r in model.kernel.iter().filter(|r| r.l4.contains(&L4::Tcp)) {
         if let KernelAction::Forward { v4, v6 } = &r.action {
-            for (spread, local) in [
-                (v4, Ipv4Addr::LOCALHOST.into()),
-                (v6, Ipv6Addr::LOCALHOST.into()),
-            ] {
-                for t in spread.iter().flat_map(|s| &s.targets) {
-                    if let KernelPort::Fixed { port } = t.port {
-                        out.insert(SocketAddr::new(t.addr.unwrap_or(local), port));
-                    }
-                }
+            for (spread, family) in [(v4, Family::V4), (v6, Family::V6)] {
+                let targets = spread.iter().flat_map(|s| &s.targets);
+                out.extend(targets.filter_map(|t| checked_addr(t, family)));
             }
         }
     }
     out
+}
+
+/// Where a kernel target of `family` is health-checked: its address (a local target on
+/// loopback) and fixed port; `None` for a target that keeps the client's port.
+fn checked_addr(t: &KernelTarget, family: Family) -> Option<SocketAddr> {
+    let KernelPort::Fixed { port } = t.port else {
+        return None;
+    };
+    let local = match family {
+        Family::V4 => IpAddr::from(Ipv4Addr::LOCALHOST),
+        Family::V6 => IpAddr::from(Ipv6Addr::LOCALHOST),
+    };
+    Some(SocketAddr::new(t.addr.unwrap_or(local), port))
 }
 
 /// The kernel routes as they must be with the targets in `down` out of their spread; a
@@ -161,17 +168,10 @@ pub fn without_down(model: &Model, down: &BTreeSet<SocketAddr>) -> Model {
         let KernelAction::Forward { v4, v6 } = &mut r.action else {
             continue;
         };
-        for (spread, local) in [
-            (v4, IpAddr::from(Ipv4Addr::LOCALHOST)),
-            (v6, IpAddr::from(Ipv6Addr::LOCALHOST)),
-        ] {
+        for (spread, family) in [(v4, Family::V4), (v6, Family::V6)] {
             if let Some(s) = spread {
-                s.targets.retain(|t| match t.port {
-                    KernelPort::Fixed { port } => {
-                        !down.contains(&SocketAddr::new(t.addr.unwrap_or(local), port))
-                    }
-                    _ => true,
-                });
+                s.targets
+                    .retain(|t| checked_addr(t, family).is_none_or(|a| !down.contains(&a)));
                 if s.targets.is_empty() {
                     *spread = None;
                 }
