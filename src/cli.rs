@@ -19,8 +19,20 @@ pub struct Cli {
     /// When to colour output: auto = on a terminal and NO_COLOR unset.
     #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
     pub color: Color,
+    /// Seconds any one external command (nft, conntrack, unshare) may take before it is
+    /// killed and the command fails; the lock is free again afterwards.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 120.0, value_parser = kernel_timeout)]
+    pub kernel_timeout: f64,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--kernel-timeout`: a positive number of seconds (at most a day).
+fn kernel_timeout(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs <= 86_400.0 => Ok(secs),
+        _ => Err(format!("`{text}` is not a number of seconds in (0, 86400]")),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -47,6 +47,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             };
         }
     };
+    kernel::set_timeout(std::time::Duration::from_secs_f64(cli.kernel_timeout));
     let color = match cli.color {
         Color::Always => true,
         Color::Never => false,

@@ -45,9 +45,25 @@ pub fn path(table: &str, suffix: &str) -> PathBuf {
     dir().join(format!("{table}.{suffix}"))
 }
 
-/// An exclusive lock on one table's state; released on drop.
+/// An exclusive lock on one table's state; released on drop. While it is held, every
+/// command that changes the kernel inherits its descriptor ([`crate::kernel::exec`]), so
+/// the lock stays taken until such a command has exited, even if this process dies first.
 pub struct Lock {
-    _file: File,
+    file: File,
+}
+
+impl Lock {
+    fn held(file: File) -> Lock {
+        crate::kernel::exec::hold(std::os::fd::AsRawFd::as_raw_fd(&file));
+        Lock { file }
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // Out of the registry before the descriptor closes (the file field drops after).
+        crate::kernel::exec::release(std::os::fd::AsRawFd::as_raw_fd(&self.file));
+    }
 }
 
 /// Takes the table's lock, waiting up to `timeout`.
@@ -64,7 +80,7 @@ pub fn lock(table: &str, timeout: Duration) -> Result<Lock, StateError> {
     let start = Instant::now();
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(Lock { _file: file }),
+            Ok(()) => return Ok(Lock::held(file)),
             Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < timeout => {
                 std::thread::sleep(Duration::from_millis(50));
             }

@@ -13,7 +13,6 @@ use std::fmt::Write as _;
 use std::io::{IsTerminal, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -133,11 +132,8 @@ fn read_kernel(table: &str) -> Result<Option<BTreeMap<String, KernelCounts>>, St
 /// table does not exist.
 fn list_table_json(table: &str) -> Result<Option<String>, String> {
     let nft = std::env::var("SMARTPROXY_NFT").unwrap_or_else(|_| "nft".to_owned());
-    let out = Command::new(&nft)
-        .args(["-j", "list", "table", "inet", table])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run `{nft}`: {e}"))?;
+    let out = crate::kernel::exec::output(&nft, &["-j", "list", "table", "inet", table])
+        .map_err(|e| e.to_string())?;
     if out.status.success() {
         return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
     }
@@ -155,12 +151,7 @@ fn list_table_json(table: &str) -> Result<Option<String>, String> {
 /// `conntrack -L` of this network namespace; `None` when conntrack-tools is missing or
 /// fails (then nothing counts as active).
 fn conntrack_listing() -> Option<String> {
-    let out = Command::new("conntrack")
-        .arg("-L")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
+    let out = crate::kernel::exec::output("conntrack", &["-L"]).ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())

@@ -2,11 +2,16 @@
 //! [`nft::NftKernel`] is the real one, [`fake::FakeKernel`] an in-memory one for tests.
 //!
 //! Only our own table is ever read (`list table inet NAME`), never the whole ruleset.
+//! Every external command runs through [`exec`]: a script reaches nft whole or not at all,
+//! no child outlives us or our lock, and each has a deadline.
 
+pub mod exec;
 pub mod fake;
 pub mod generation;
 pub mod live;
 pub mod nft;
+
+pub use exec::set_timeout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -16,6 +21,11 @@ pub enum KernelError {
         status: String,
         stderr: String,
     },
+    #[error(
+        "`{cmd}` did not finish within {} s and was killed (see --kernel-timeout)",
+        after.as_secs_f64()
+    )]
+    Timeout { cmd: String, after: std::time::Duration },
     #[error("cannot run `{cmd}`: {source}")]
     Spawn {
         cmd: String,

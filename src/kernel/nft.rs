@@ -1,8 +1,6 @@
 //! The real kernel: `nft` in the current network namespace.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
+use super::exec::Inherit;
 use super::{Kernel, KernelError};
 
 pub struct NftKernel {
@@ -18,41 +16,20 @@ impl Default for NftKernel {
     }
 }
 
-/// Runs a command with optional stdin; returns stdout or a [`KernelError`].
-fn exec(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, KernelError> {
-    let cmd = format!("{program} {}", args.join(" "));
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| KernelError::Spawn {
-            cmd: cmd.clone(),
-            source,
-        })?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())
-            .map_err(|source| KernelError::Spawn {
-                cmd: cmd.clone(),
-                source,
-            })?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| KernelError::Spawn {
-            cmd: cmd.clone(),
-            source,
-        })?;
+/// Runs a command (see [`exec`](super::exec)) with an optional script on stdin; returns
+/// stdout or a [`KernelError`].
+fn exec(
+    program: &str,
+    args: &[&str],
+    script: Option<&str>,
+    inherit: Inherit,
+) -> Result<String, KernelError> {
+    let out = super::exec::run(program, args, script, inherit)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(KernelError::Command {
-            cmd,
+            cmd: format!("{program} {}", args.join(" ")),
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         })
@@ -70,7 +47,7 @@ impl NftKernel {
             args.push("-s");
         }
         args.extend(["list", "table", "inet", table]);
-        match exec(&self.nft, &args, None) {
+        match exec(&self.nft, &args, None, Inherit::Nothing) {
             Ok(text) => Ok(Some(text)),
             Err(err) if is_absent(&err) => Ok(None),
             Err(err) => Err(err),
@@ -87,8 +64,10 @@ impl Kernel for NftKernel {
         self.list(table, false)
     }
 
+    /// `nft -f -` with the script on stdin from a sealed memfd (never a pipe: nft commits
+    /// the prefix it read when a pipe's writer dies), holding our table locks until it exits.
     fn run(&self, script: &str) -> Result<(), KernelError> {
-        exec(&self.nft, &["-f", "-"], Some(script)).map(drop)
+        exec(&self.nft, &["-f", "-"], Some(script), Inherit::Locks).map(drop)
     }
 
     /// Loads the script in a throw-away network namespace (`unshare --net`) and lists the
@@ -99,11 +78,12 @@ impl Kernel for NftKernel {
             "unshare",
             &["--net", "--", "sh", "-c", shell, &self.nft, table],
             Some(script),
+            Inherit::Nothing,
         )
     }
 
     fn list_chains_json(&self) -> Result<String, KernelError> {
-        exec(&self.nft, &["-j", "list", "chains"], None)
+        exec(&self.nft, &["-j", "list", "chains"], None, Inherit::Nothing)
     }
 
     fn generation(&self) -> Option<u32> {
@@ -111,6 +91,6 @@ impl Kernel for NftKernel {
     }
 
     fn version(&self) -> String {
-        exec(&self.nft, &["--version"], None).unwrap_or_default()
+        exec(&self.nft, &["--version"], None, Inherit::Nothing).unwrap_or_default()
     }
 }
