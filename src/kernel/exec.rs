@@ -340,16 +340,17 @@ mod tests {
         let start = Instant::now();
         let err = run_within(
             "sh",
-            &[
-                "-c",
-                &format!("sleep 1000 & echo $! > {path}; sleep 1000"),
-            ],
+            &["-c", &format!("sleep 1000 & echo $! > {path}; sleep 1000")],
             None,
             Inherit::Nothing,
             Duration::from_millis(500),
         )
         .expect_err("times out");
-        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
         let msg = err.to_string();
         assert!(matches!(err, KernelError::Timeout { .. }), "{msg}");
         assert!(msg.contains("sh -c sleep 1000"), "{msg}");

@@ -25,7 +25,10 @@ pub enum KernelError {
         "`{cmd}` did not finish within {} s and was killed (see --kernel-timeout)",
         after.as_secs_f64()
     )]
-    Timeout { cmd: String, after: std::time::Duration },
+    Timeout {
+        cmd: String,
+        after: std::time::Duration,
+    },
     #[error("cannot run `{cmd}`: {source}")]
     Spawn {
         cmd: String,

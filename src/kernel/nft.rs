@@ -71,12 +71,25 @@ impl Kernel for NftKernel {
     }
 
     /// Loads the script in a throw-away network namespace (`unshare --net`) and lists the
-    /// table back: exactly the kernel's normalisation, without touching the real one.
+    /// table back: exactly the kernel's normalisation, without touching the real one. Also
+    /// a throw-away pid namespace whose init (the shell) gets SIGKILL when `unshare` dies
+    /// (`--kill-child`, and `unshare` dies with us): nothing in it outlives smartproxy.
     fn normalise(&self, script: &str, table: &str) -> Result<String, KernelError> {
         let shell = "\"$0\" -f - && \"$0\" -s list table inet \"$1\"";
         exec(
             "unshare",
-            &["--net", "--", "sh", "-c", shell, &self.nft, table],
+            &[
+                "--net",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--",
+                "sh",
+                "-c",
+                shell,
+                &self.nft,
+                table,
+            ],
             Some(script),
             Inherit::Nothing,
         )

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -399,7 +400,11 @@ pub fn run(options: Options) -> i32 {
             return crate::EXIT_ERROR;
         }
     };
-    runtime.block_on(serve(options, carrier, loaded, workers))
+    let code = runtime.block_on(serve(options, carrier, loaded, workers));
+    // Kernel work that shutdown abandoned may still block a thread (a hung nft, until its
+    // --kernel-timeout): do not wait for it. Its nft dies with this process (PDEATHSIG).
+    runtime.shutdown_background();
+    code
 }
 
 /// Makes our table what the running model says, without the targets that are down (when
@@ -636,11 +641,22 @@ async fn serve(
         },
         None => None,
     };
-    if let Err(e) = provision(&shared, true).await {
-        return fail(format!(
-            "{e}\nerror: serve did not start; the kernel is as it was"
-        ));
-    }
+    // Signals first: a stop during the start-up provisioning must not wait on it.
+    let (Ok(mut hup), Ok(mut stop)) = (signal(SignalKind::hangup()), Stop::install()) else {
+        return fail("cannot install signal handlers".to_owned());
+    };
+    let mut stopped = match stop.unless(provision(&shared, true)).await {
+        Some(Ok(())) => false,
+        Some(Err(e)) => {
+            return fail(format!(
+                "{e}\nerror: serve did not start; the kernel is as it was"
+            ))
+        }
+        None => {
+            warn!("stopping during start-up: provisioning table inet {table} was abandoned");
+            true
+        }
+    };
     tokio::spawn(health::run(shared.health.clone()));
     info!(
         listeners = accepting.len(),
@@ -652,35 +668,36 @@ async fn serve(
             .join(" ")
     );
 
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        eprintln!("error: cannot install signal handlers");
-        return crate::EXIT_ERROR;
-    };
     let mut stamp = files_stamp(&options.paths);
     let watch = if options.watch_interval.is_zero() {
         Duration::from_secs(3600 * 24 * 365)
     } else {
         options.watch_interval
     };
-    loop {
+    let abandoned = |what: &str| {
+        warn!("stopping during {what}: its kernel change was abandoned; table inet {table} is as nft last committed it");
+    };
+    while !stopped {
         tokio::select! {
             _ = hup.recv() => {
                 info!("SIGHUP: reloading");
-                reload(&shared, &mut accepting).await;
+                if stop.unless(reload(&shared, &mut accepting)).await.is_none() {
+                    abandoned("a reload");
+                    break;
+                }
                 stamp = files_stamp(&options.paths);
             }
             () = shared.health.changed.notified() => {
-                if let Err(e) = provision(&shared, false).await {
-                    warn!("health: the kernel routes keep their targets: {e}");
+                match stop.unless(provision(&shared, false)).await {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => warn!("health: the kernel routes keep their targets: {e}"),
+                    None => {
+                        abandoned("a health change");
+                        break;
+                    }
                 }
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            () = stop.recv() => stopped = true,
             () = tokio::time::sleep(watch) => {
                 let now = files_stamp(&options.paths);
                 if now != stamp {
@@ -689,13 +706,65 @@ async fn serve(
                     let settled = files_stamp(&options.paths);
                     if settled == now {
                         info!("route files changed: reloading");
-                        reload(&shared, &mut accepting).await;
+                        if stop.unless(reload(&shared, &mut accepting)).await.is_none() {
+                            abandoned("a reload");
+                            break;
+                        }
                         stamp = settled;
                     }
                 }
             }
         }
     }
+    shut_down(&shared, &table, accepting, metrics_task, &status_socket).await
+}
+
+/// SIGTERM and SIGINT.
+struct Stop {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn install() -> io::Result<Stop> {
+        Ok(Stop {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+
+    /// `work` unless a stop comes first (`None`). Abandoned work is dropped where it
+    /// waits; a kernel command it started runs on on its blocking thread until it ends,
+    /// times out (--kernel-timeout) or dies with serve.
+    async fn unless<T>(&mut self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            out = work => Some(out),
+            () = self.recv() => None,
+        }
+    }
+}
+
+/// How long the table's removal may take after the drain timeout: serve exits within the
+/// drain timeout plus this (and a little), whatever nft does.
+const REMOVAL_GRACE: Duration = Duration::from_millis(1500);
+
+/// The stop: no new connections, the open ones drain (up to the drain timeout), the table
+/// goes (unless --keep-kernel-routes), within the drain timeout plus [`REMOVAL_GRACE`].
+async fn shut_down(
+    shared: &Arc<Shared>,
+    table: &str,
+    mut accepting: Accepting,
+    metrics_task: Option<JoinHandle<()>>,
+    status_socket: &std::path::Path,
+) -> i32 {
+    let options = &shared.options;
     info!(
         open = shared.open.load(Ordering::Relaxed),
         "stopping: no new connections; draining"
@@ -714,22 +783,28 @@ async fn serve(
     if left > 0 {
         warn!(left, "drain timeout: closing the connections still open");
     }
-    let _ = std::fs::remove_file(&status_socket);
+    let _ = std::fs::remove_file(status_socket);
     let mut code = crate::EXIT_OK;
-    if carrier == Carrier::Kernel {
+    if shared.carrier == Carrier::Kernel {
         if options.keep_kernel_routes {
             info!("kept the kernel routes in table inet {table} (--keep-kernel-routes)");
         } else {
-            let gone = table.clone();
-            match tokio::task::spawn_blocking(move || crate::commands::remove_table(&gone)).await {
-                Ok(Ok(true)) => info!("removed table inet {table}"),
-                Ok(Ok(false)) => {}
+            let gone = table.to_owned();
+            let removal = tokio::task::spawn_blocking(move || crate::commands::remove_table(&gone));
+            let until = tokio::time::Instant::from_std(deadline + REMOVAL_GRACE);
+            match tokio::time::timeout_at(until, removal).await {
+                Ok(Ok(Ok(true))) => info!("removed table inet {table}"),
+                Ok(Ok(Ok(false))) => {}
+                Ok(Ok(Err(e))) => {
+                    warn!("could not remove table inet {table}: {e}");
+                    code = crate::EXIT_ERROR;
+                }
                 Ok(Err(e)) => {
                     warn!("could not remove table inet {table}: {e}");
                     code = crate::EXIT_ERROR;
                 }
-                Err(e) => {
-                    warn!("could not remove table inet {table}: {e}");
+                Err(_) => {
+                    warn!("did not remove table inet {table}: the kernel did not answer within the drain timeout + {} s (nft hung, or another smartproxy holds the table's lock); its routes stay until `smartproxy destroy --table {table}`", REMOVAL_GRACE.as_secs_f64());
                     code = crate::EXIT_ERROR;
                 }
             }
