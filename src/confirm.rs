@@ -623,7 +623,8 @@ mod tests {
     #[test]
     fn restore_reloads_the_dump_when_the_inverse_misses_the_fingerprint() {
         let k = FakeKernel::default();
-        *k.after_run.lock().expect("lock") = Some("table inet sp {\n\tchain by_hand {\n\t}\n}\n".into());
+        *k.after_run.lock().expect("lock") =
+            Some("table inet sp {\n\tchain by_hand {\n\t}\n}\n".into());
         let h = held(Some("QUICK"), &plan::fingerprint(Some(BEFORE)));
         restore(&k, "sp", &h).expect("restores");
         assert_eq!(*k.transactions.lock().expect("lock"), ["QUICK", "FULL"]);

@@ -113,8 +113,9 @@ fn pending(t: &Topology) -> (serde_json::Value, String) {
 
 /// Whether process `pid` is gone (or a zombie nobody reaped yet).
 fn gone(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_or(true, |stat| stat.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit(") ").next().is_some_and(|r| r.starts_with('Z'))
+    })
 }
 
 /// `apply --confirm-timeout 30` of `two` over `one`, then `kill -9` of its watchdog.
@@ -177,7 +178,11 @@ fn a_killed_watchdog_is_reported_and_rollback_restores_the_previous_table() {
 
     let o = sp(&t, &["rollback"]);
     assert_eq!(code(&o), 0, "{}", show(&o));
-    assert_eq!(our_table(&t).as_deref(), Some(before.as_str()), "exactly as before");
+    assert_eq!(
+        our_table(&t).as_deref(),
+        Some(before.as_str()),
+        "exactly as before"
+    );
     let o = sp(&t, &["rollback"]);
     assert_eq!(code(&o), 1, "nothing left to roll back:\n{}", show(&o));
     assert!(stderr(&o).contains("nothing to roll back"), "{}", show(&o));
@@ -221,8 +226,7 @@ fn a_killed_watchdog_can_still_be_confirmed() {
 
 #[test]
 fn deleting_the_state_directory_still_rolls_back_at_the_deadline() {
-    if !common::netns_available("deleting_the_state_directory_still_rolls_back_at_the_deadline")
-    {
+    if !common::netns_available("deleting_the_state_directory_still_rolls_back_at_the_deadline") {
         return;
     }
     let t = Topology::new("wd");
@@ -274,7 +278,13 @@ fn a_confirm_timeout_under_five_seconds_is_a_usage_error() {
     for secs in ["0", "4"] {
         let o = sp(
             &t,
-            &["apply", "--auto-approve", "--confirm-timeout", secs, s(&f.one)],
+            &[
+                "apply",
+                "--auto-approve",
+                "--confirm-timeout",
+                secs,
+                s(&f.one),
+            ],
         );
         assert_eq!(code(&o), 1, "{secs}:\n{}", show(&o));
         assert!(stderr(&o).contains("at least 5"), "{}", show(&o));
