@@ -31,6 +31,7 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             [CompletionResult]::new('plan', 'plan', [CompletionResultType]::ParameterValue, 'Show what apply would change in the live kernel (Terraform-style)')
             [CompletionResult]::new('apply', 'apply', [CompletionResultType]::ParameterValue, 'Make the kernel match the route files in one atomic transaction')
             [CompletionResult]::new('confirm', 'confirm', [CompletionResultType]::ParameterValue, 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)')
+            [CompletionResult]::new('rollback', 'rollback', [CompletionResultType]::ParameterValue, 'Restore now what the pending `apply --confirm-timeout` would restore at its deadline (exit 1 if nothing is pending)')
             [CompletionResult]::new('destroy', 'destroy', [CompletionResultType]::ParameterValue, 'Remove smartproxy''s table (and nothing else)')
             [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Per route: packets, bytes and open connections in the kernel, serve''s own counts')
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects)')
@@ -69,7 +70,7 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
         }
         'smartproxy;apply' {
             [CompletionResult]::new('--plan', '--plan', [CompletionResultType]::ParameterName, 'Apply a plan saved by `plan --out`; refused when the live state has changed since')
-            [CompletionResult]::new('--confirm-timeout', '--confirm-timeout', [CompletionResultType]::ParameterName, 'Roll back unless `smartproxy confirm` comes within SECS (survives this process)')
+            [CompletionResult]::new('--confirm-timeout', '--confirm-timeout', [CompletionResultType]::ParameterName, 'Roll back unless `smartproxy confirm` comes within SECS, at least 5 (survives this process)')
             [CompletionResult]::new('--lock-timeout', '--lock-timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for another smartproxy''s lock')
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto = on a terminal and NO_COLOR unset')
             [CompletionResult]::new('--auto-approve', '--auto-approve', [CompletionResultType]::ParameterName, 'Apply without asking')
@@ -78,6 +79,13 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             break
         }
         'smartproxy;confirm' {
+            [CompletionResult]::new('--table', '--table', [CompletionResultType]::ParameterName, 'Only this table (default: every pending table of this network namespace)')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto = on a terminal and NO_COLOR unset')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'smartproxy;rollback' {
             [CompletionResult]::new('--table', '--table', [CompletionResultType]::ParameterName, 'Only this table (default: every pending table of this network namespace)')
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto = on a terminal and NO_COLOR unset')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -140,6 +148,7 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             [CompletionResult]::new('plan', 'plan', [CompletionResultType]::ParameterValue, 'Show what apply would change in the live kernel (Terraform-style)')
             [CompletionResult]::new('apply', 'apply', [CompletionResultType]::ParameterValue, 'Make the kernel match the route files in one atomic transaction')
             [CompletionResult]::new('confirm', 'confirm', [CompletionResultType]::ParameterValue, 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)')
+            [CompletionResult]::new('rollback', 'rollback', [CompletionResultType]::ParameterValue, 'Restore now what the pending `apply --confirm-timeout` would restore at its deadline (exit 1 if nothing is pending)')
             [CompletionResult]::new('destroy', 'destroy', [CompletionResultType]::ParameterValue, 'Remove smartproxy''s table (and nothing else)')
             [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Per route: packets, bytes and open connections in the kernel, serve''s own counts')
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects)')
@@ -161,6 +170,9 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             break
         }
         'smartproxy;help;confirm' {
+            break
+        }
+        'smartproxy;help;rollback' {
             break
         }
         'smartproxy;help;destroy' {

@@ -43,6 +43,9 @@ _smartproxy() {
             smartproxy,plan)
                 cmd="smartproxy__subcmd__plan"
                 ;;
+            smartproxy,rollback)
+                cmd="smartproxy__subcmd__rollback"
+                ;;
             smartproxy,serve)
                 cmd="smartproxy__subcmd__serve"
                 ;;
@@ -76,6 +79,9 @@ _smartproxy() {
             smartproxy__subcmd__help,plan)
                 cmd="smartproxy__subcmd__help__subcmd__plan"
                 ;;
+            smartproxy__subcmd__help,rollback)
+                cmd="smartproxy__subcmd__help__subcmd__rollback"
+                ;;
             smartproxy__subcmd__help,serve)
                 cmd="smartproxy__subcmd__help__subcmd__serve"
                 ;;
@@ -89,7 +95,7 @@ _smartproxy() {
 
     case "${cmd}" in
         smartproxy)
-            opts="-h -V --color --help --version check compile plan apply confirm destroy status serve __watchdog completions help"
+            opts="-h -V --color --help --version check compile plan apply confirm rollback destroy status serve __watchdog completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -285,7 +291,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__help)
-            opts="check compile plan apply confirm destroy status serve __watchdog completions help"
+            opts="check compile plan apply confirm rollback destroy status serve __watchdog completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -424,6 +430,20 @@ _smartproxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        smartproxy__subcmd__help__subcmd__rollback)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         smartproxy__subcmd__help__subcmd__serve)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -468,6 +488,28 @@ _smartproxy() {
                     return 0
                     ;;
                 --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        smartproxy__subcmd__rollback)
+            opts="-h --table --color --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --table)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -28,6 +28,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand plan 'Show what apply would change in the live kernel (Terraform-style)'
             cand apply 'Make the kernel match the route files in one atomic transaction'
             cand confirm 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)'
+            cand rollback 'Restore now what the pending `apply --confirm-timeout` would restore at its deadline (exit 1 if nothing is pending)'
             cand destroy 'Remove smartproxy''s table (and nothing else)'
             cand status 'Per route: packets, bytes and open connections in the kernel, serve''s own counts'
             cand serve 'Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects)'
@@ -62,7 +63,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
         }
         &'smartproxy;apply'= {
             cand --plan 'Apply a plan saved by `plan --out`; refused when the live state has changed since'
-            cand --confirm-timeout 'Roll back unless `smartproxy confirm` comes within SECS (survives this process)'
+            cand --confirm-timeout 'Roll back unless `smartproxy confirm` comes within SECS, at least 5 (survives this process)'
             cand --lock-timeout 'Seconds to wait for another smartproxy''s lock'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --auto-approve 'Apply without asking'
@@ -70,6 +71,12 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --help 'Print help (see more with ''--help'')'
         }
         &'smartproxy;confirm'= {
+            cand --table 'Only this table (default: every pending table of this network namespace)'
+            cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'smartproxy;rollback'= {
             cand --table 'Only this table (default: every pending table of this network namespace)'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand -h 'Print help'
@@ -126,6 +133,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand plan 'Show what apply would change in the live kernel (Terraform-style)'
             cand apply 'Make the kernel match the route files in one atomic transaction'
             cand confirm 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)'
+            cand rollback 'Restore now what the pending `apply --confirm-timeout` would restore at its deadline (exit 1 if nothing is pending)'
             cand destroy 'Remove smartproxy''s table (and nothing else)'
             cand status 'Per route: packets, bytes and open connections in the kernel, serve''s own counts'
             cand serve 'Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects)'
@@ -142,6 +150,8 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
         &'smartproxy;help;apply'= {
         }
         &'smartproxy;help;confirm'= {
+        }
+        &'smartproxy;help;rollback'= {
         }
         &'smartproxy;help;destroy'= {
         }

@@ -34,6 +34,7 @@ complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "compile" -d '
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "plan" -d 'Show what apply would change in the live kernel (Terraform-style)'
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "apply" -d 'Make the kernel match the route files in one atomic transaction'
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "confirm" -d 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)'
+complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "rollback" -d 'Restore now what the pending `apply --confirm-timeout` would restore at its deadline (exit 1 if nothing is pending)'
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "destroy" -d 'Remove smartproxy\'s table (and nothing else)'
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "status" -d 'Per route: packets, bytes and open connections in the kernel, serve\'s own counts'
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "serve" -d 'Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects)'
@@ -66,7 +67,7 @@ never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand plan" -l detailed-exitcode -d 'Exit 2 when there are changes, 0 when there are none'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand plan" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l plan -d 'Apply a plan saved by `plan --out`; refused when the live state has changed since' -r -F
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l confirm-timeout -d 'Roll back unless `smartproxy confirm` comes within SECS (survives this process)' -r
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l confirm-timeout -d 'Roll back unless `smartproxy confirm` comes within SECS, at least 5 (survives this process)' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l lock-timeout -d 'Seconds to wait for another smartproxy\'s lock' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
 always\t''
@@ -78,6 +79,11 @@ complete -c smartproxy -n "__fish_smartproxy_using_subcommand confirm" -l color 
 always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand confirm" -s h -l help -d 'Print help'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand rollback" -l table -d 'Only this table (default: every pending table of this network namespace)' -r
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand rollback" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand rollback" -s h -l help -d 'Print help'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l table -d 'The table to remove (default: PATH\'s settings, else `smartproxy`)' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l lock-timeout -d 'Seconds to wait for another smartproxy\'s lock' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
@@ -122,14 +128,15 @@ complete -c smartproxy -n "__fish_smartproxy_using_subcommand completions" -l co
 always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand completions" -s h -l help -d 'Print help'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "check" -d 'Parse and validate route files; report every problem with file:line:col'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "compile" -d 'Print the nftables ruleset for the route files (`nft -f` ready)'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "plan" -d 'Show what apply would change in the live kernel (Terraform-style)'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "apply" -d 'Make the kernel match the route files in one atomic transaction'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "confirm" -d 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "destroy" -d 'Remove smartproxy\'s table (and nothing else)'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "status" -d 'Per route: packets, bytes and open connections in the kernel, serve\'s own counts'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "serve" -d 'Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects)'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "__watchdog" -d 'Internal: the detached confirm-timeout watchdog'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "completions" -d 'Print shell completions'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback destroy status serve __watchdog completions help" -f -a "check" -d 'Parse and validate route files; report every problem with file:line:col'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback destroy status serve __watchdog completions help" -f -a "compile" -d 'Print the nftables ruleset for the route files (`nft -f` ready)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback destroy status serve __watchdog completions help" -f -a "plan" -d 'Show what apply would change in the live kernel (Terraform-style)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback destroy status serve __watchdog completions help" -f -a "apply" -d 'Make the kernel match the route files in one atomic transaction'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback destroy status serve __watchdog completions help" -f -a "confirm" -d 'Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback destroy status serve __watchdog completions help" -f -a "rollback" -d 'Restore now what the pending `apply --confirm-timeout` would restore at its deadline (exit 1 if nothing is pending)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback destroy status serve __watchdog completions help" -f -a "destroy" -d 'Remove smartproxy\'s table (and nothing else)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback destroy status serve __watchdog completions help" -f -a "status" -d 'Per route: packets, bytes and open connections in the kernel, serve\'s own counts'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback destroy status serve __watchdog completions help" -f -a "serve" -d 'Run the userspace engine for the routes the kernel cannot serve (SNI, TLS, redirects)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback destroy status serve __watchdog completions help" -f -a "__watchdog" -d 'Internal: the detached confirm-timeout watchdog'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback destroy status serve __watchdog completions help" -f -a "completions" -d 'Print shell completions'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback destroy status serve __watchdog completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -111,8 +111,9 @@ pub enum Command {
         /// Apply without asking.
         #[arg(long)]
         auto_approve: bool,
-        /// Roll back unless `smartproxy confirm` comes within SECS (survives this process).
-        #[arg(long, value_name = "SECS")]
+        /// Roll back unless `smartproxy confirm` comes within SECS, at least 5 (survives
+        /// this process).
+        #[arg(long, value_name = "SECS", value_parser = confirm_secs)]
         confirm_timeout: Option<u64>,
         /// Seconds to wait for another smartproxy's lock.
         #[arg(long, value_name = "SECS", default_value_t = 10.0)]
@@ -120,6 +121,13 @@ pub enum Command {
     },
     /// Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending).
     Confirm {
+        /// Only this table (default: every pending table of this network namespace).
+        #[arg(long)]
+        table: Option<String>,
+    },
+    /// Restore now what the pending `apply --confirm-timeout` would restore at its deadline
+    /// (exit 1 if nothing is pending).
+    Rollback {
         /// Only this table (default: every pending table of this network namespace).
         #[arg(long)]
         table: Option<String>,
@@ -215,6 +223,19 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// The shortest confirm window: a shorter one rolls back before anyone can confirm.
+pub const MIN_CONFIRM_SECS: u64 = 5;
+
+fn confirm_secs(s: &str) -> Result<u64, String> {
+    let secs: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    if secs < MIN_CONFIRM_SECS {
+        return Err(format!(
+            "at least {MIN_CONFIRM_SECS} s: a shorter window rolls back before `smartproxy confirm` can arrive"
+        ));
+    }
+    Ok(secs)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -1,14 +1,16 @@
-//! plan, apply, confirm, destroy and the confirm watchdog: the flows around the pure
-//! plan/apply code, with the lock, approval and state. Prints; returns exit codes.
+//! plan, apply and destroy: the flows around the pure plan/apply code, with the lock,
+//! approval and state (the confirm window is [`crate::confirm`]'s). Prints; returns exit
+//! codes.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::apply;
 use crate::cache;
 use crate::cli::PlanFormat;
 use crate::config;
+use crate::confirm::{self, arm_watchdog, disarm_watchdog, Rollback};
 use crate::diag;
 use crate::kernel::nft::NftKernel;
 use crate::kernel::Kernel;
@@ -128,6 +130,7 @@ pub fn plan(
         Ok(l) => l,
         Err(e) => return err(e),
     };
+    confirm::warn_pending(&model.table);
     let p = match make_plan(&kernel, &model, script) {
         Ok(planned) => planned.plan,
         Err(code) => return code,
@@ -242,10 +245,8 @@ pub fn apply(a: &ApplyArgs<'_>) -> i32 {
         }
     };
     let table = p.table.clone();
-    if state::read(&table, "pending").is_some() {
-        return err(format!(
-            "an earlier apply to table inet {table} awaits `smartproxy confirm` (or its rollback): confirm it first; nothing was applied"
-        ));
+    if let Err(e) = confirm::refuse_apply(&table) {
+        return err(e);
     }
     print!("{}", p.render(a.color));
     if !p.has_changes() {
@@ -294,201 +295,10 @@ pub fn apply(a: &ApplyArgs<'_>) -> i32 {
     );
     if let (Some(secs), Some(token)) = (a.confirm_timeout, token) {
         // The confirm window starts now, after the commit.
-        if let Err(e) = state::write(&table, "pending", &pending_record(&token, secs)) {
+        if let Err(e) = confirm::start_window(&table, &token, secs) {
             eprintln!("warning: could not restart the confirm window: {e}");
         }
         println!("Run `smartproxy confirm` within {secs} s to keep it; otherwise the previous ruleset comes back.");
-    }
-    EXIT_OK
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// `pending`: the watchdog's token and the deadline (ms since the epoch).
-fn pending_record(token: &str, secs: u64) -> String {
-    format!(
-        "{token}\n{}\n",
-        now_ms().saturating_add(secs.saturating_mul(1000))
-    )
-}
-
-/// The deadline of the pending confirm if `token` still owns it (`None`: confirmed,
-/// superseded or rolled back). A record without a readable deadline is due now.
-fn pending_deadline(table: &str, token: &str) -> Option<u64> {
-    let record = state::read(table, "pending")?;
-    let mut lines = record.lines();
-    (lines.next() == Some(token)).then(|| lines.next().and_then(|d| d.parse().ok()).unwrap_or(0))
-}
-
-/// How the watchdog restores the table: `quick` undoes only what the apply changed (the
-/// other routes keep their counters, meters and set contents); when it is absent, fails or
-/// does not arrive at `fingerprint`, `full` reloads the table as dumped before the apply.
-struct Rollback {
-    full: String,
-    quick: Option<String>,
-    fingerprint: String,
-}
-
-/// Records the rollback and starts the detached watchdog (`setsid`, its own session: it
-/// survives SIGKILL of this process and a hung-up terminal, and stays in this namespace).
-/// Called before the commit, so nothing needs undoing when it fails.
-fn arm_watchdog(
-    table: &str,
-    secs: u64,
-    rollback: &Rollback,
-    previous_applied: Option<&str>,
-) -> Result<String, i32> {
-    let token = format!("{}-{}", std::process::id(), now_ms());
-    let record = pending_record(&token, secs);
-    state::remove(table, "rolledback");
-    let saved = state::write(table, "rollback.nft", &rollback.full)
-        .and_then(|()| match &rollback.quick {
-            Some(quick) => state::write(table, "rollback-quick.nft", quick),
-            None => {
-                state::remove(table, "rollback-quick.nft");
-                Ok(())
-            }
-        })
-        .and_then(|()| state::write(table, "rollback.fingerprint", &rollback.fingerprint))
-        .and_then(|()| state::write(table, "applied.prev", previous_applied.unwrap_or("")))
-        .and_then(|()| state::write(table, "pending", &record));
-    if let Err(e) = saved {
-        disarm_watchdog(table);
-        return Err(err(format!(
-            "cannot record the pending confirm: {e}; nothing was applied"
-        )));
-    }
-    let deadline = record.lines().nth(1).unwrap_or("0").to_owned();
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("smartproxy"));
-    let spawned = std::process::Command::new("setsid")
-        .arg(exe)
-        .args([
-            "__watchdog",
-            "--table",
-            table,
-            "--token",
-            &token,
-            "--deadline-ms",
-            &deadline,
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
-    if let Err(e) = spawned {
-        disarm_watchdog(table);
-        return Err(err(format!(
-            "cannot start the rollback watchdog: {e}; nothing was applied"
-        )));
-    }
-    Ok(token)
-}
-
-/// Withdraws a pending confirm whose transaction never committed.
-fn disarm_watchdog(table: &str) {
-    state::remove(table, "pending");
-    for suffix in [
-        "rollback.nft",
-        "rollback-quick.nft",
-        "rollback.fingerprint",
-        "applied.prev",
-    ] {
-        state::remove(table, suffix);
-    }
-}
-
-/// The detached watchdog: waits for the deadline (re-read from `pending`, which apply
-/// moves to the end of the commit), then rolls back unless confirmed. `deadline_ms` is the
-/// deadline it was started with, used while `pending` has none.
-pub fn watchdog(table: &str, token: &str, deadline_ms: u64) -> i32 {
-    let due = || pending_deadline(table, token).map(|d| if d == 0 { deadline_ms } else { d });
-    loop {
-        let Some(deadline) = due() else {
-            return EXIT_OK;
-        };
-        if now_ms() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        // Another smartproxy may hold the lock for long (a destroy waiting at its prompt):
-        // keep trying while the confirm is still ours; giving up would keep an unconfirmed
-        // ruleset for good.
-        let Ok(_lock) = state::lock(table, Duration::from_secs(30)) else {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        };
-        match due() {
-            None => return EXIT_OK,
-            // Apply moved the deadline while we waited for its lock.
-            Some(d) if now_ms() < d => continue,
-            Some(_) => return roll_back(table),
-        }
-    }
-}
-
-fn roll_back(table: &str) -> i32 {
-    let kernel = NftKernel::default();
-    let arrived = || {
-        let now = kernel.list_table(table).ok();
-        now.is_some_and(|l| {
-            Some(plan::fingerprint(l.as_deref())) == state::read(table, "rollback.fingerprint")
-        })
-    };
-    let quick = state::read(table, "rollback-quick.nft")
-        .is_some_and(|script| kernel.run(&script).is_ok() && arrived());
-    if !quick {
-        let Some(full) = state::read(table, "rollback.nft") else {
-            return EXIT_ERROR;
-        };
-        if kernel.run(&full).is_err() {
-            return EXIT_ERROR;
-        }
-    }
-    match state::read(table, "applied.prev").filter(|s| !s.is_empty()) {
-        Some(prev) => {
-            let _ = state::write(table, "applied", &prev);
-        }
-        None => state::remove(table, "applied"),
-    }
-    state::remove(table, "pending");
-    let _ = state::write(
-        table,
-        "rolledback",
-        "rolled back: its last apply was not confirmed in time\n",
-    );
-    EXIT_OK
-}
-
-pub fn confirm(table: Option<&str>) -> i32 {
-    let pending: Vec<String> = state::pending_tables()
-        .into_iter()
-        .filter(|t| table.is_none_or(|x| x == t))
-        .collect();
-    if pending.is_empty() {
-        let late: String = state::tables_with("rolledback")
-            .into_iter()
-            .filter(|t| table.is_none_or(|x| x == t))
-            .filter_map(|t| state::read(&t, "rolledback").map(|r| (t, r)))
-            .map(|(t, r)| format!("; table inet {t} was {}", r.trim()))
-            .collect();
-        return err(format!(
-            "nothing to confirm: no apply awaits confirmation in this network namespace{late}"
-        ));
-    }
-    for t in &pending {
-        let _lock = match state::lock(t, Duration::from_secs(10)) {
-            Ok(l) => l,
-            Err(e) => return err(e),
-        };
-        if state::read(t, "pending").is_none() {
-            return err(format!("too late: table inet {t} was already rolled back"));
-        }
-        state::remove(t, "pending");
-        println!("Confirmed: table inet {t} keeps the applied ruleset.");
     }
     EXIT_OK
 }

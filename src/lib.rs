@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod confirm;
 pub mod diag;
 pub mod kernel;
 pub mod lower;
@@ -93,7 +94,8 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             lock_secs: lock_timeout,
             color,
         }),
-        Command::Confirm { table } => commands::confirm(table.as_deref()),
+        Command::Confirm { table } => confirm::confirm(table.as_deref()),
+        Command::Rollback { table } => confirm::rollback(table.as_deref()),
         Command::Destroy {
             path,
             table,
@@ -115,7 +117,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             table,
             token,
             deadline_ms,
-        } => commands::watchdog(&table, &token, deadline_ms),
+        } => confirm::watchdog(&table, &token, deadline_ms),
         Command::Serve {
             paths,
             metrics,

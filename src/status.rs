@@ -75,6 +75,9 @@ pub struct Status {
     pub serve: Option<ServeInfo>,
     /// Sorted by name.
     pub routes: Vec<RouteStatus>,
+    /// An `apply --confirm-timeout` not confirmed yet (read from the state directory).
+    #[serde(default)]
+    pub pending_confirm: Option<crate::confirm::PendingConfirm>,
 }
 
 const ENGINE_NFTABLES: &str = "nftables";
@@ -401,6 +404,7 @@ fn from_counts(table: &str, counts: BTreeMap<String, KernelCounts>) -> Status {
     Status {
         table: table.to_owned(),
         serve: None,
+        pending_confirm: None,
         routes: counts
             .into_iter()
             .map(|(name, k)| RouteStatus {
@@ -447,7 +451,7 @@ pub fn run(paths: &[PathBuf], table: Option<&str>, format: StatusFormat, color: 
         .map(str::to_owned)
         .or_else(|| model.as_ref().map(|m| m.table.clone()))
         .unwrap_or_else(|| "smartproxy".to_owned());
-    let (status, absent) = match ask_serve(&table) {
+    let (mut status, absent) = match ask_serve(&table) {
         Some(s) => (s, false),
         None => match read_kernel(&table) {
             Err(e) => {
@@ -465,6 +469,8 @@ pub fn run(paths: &[PathBuf], table: Option<&str>, format: StatusFormat, color: 
             },
         },
     };
+    status.pending_confirm = crate::confirm::pending(&table);
+    crate::confirm::warn_pending(&table);
     let out = match format {
         StatusFormat::Text if absent => format!(
             "table inet {table} does not exist in this network namespace (nothing applied)\n"
@@ -756,6 +762,7 @@ mod tests {
     fn sample() -> Status {
         Status {
             table: "edge".into(),
+            pending_confirm: None,
             serve: Some(ServeInfo {
                 pid: 42,
                 nftables: "on".into(),

@@ -609,14 +609,14 @@ fn a_refused_transaction_changes_nothing_and_foreign_tables_stay_identical() {
     // ... and with a confirm timeout: no confirm is left pending, no rollback follows.
     let o = sp(
         &t,
-        &["apply", "--auto-approve", "--confirm-timeout", "1", s(&f2)],
+        &["apply", "--auto-approve", "--confirm-timeout", "5", s(&f2)],
         &[("SMARTPROXY_NFT", s(&bad))],
     );
     assert_eq!(code(&o), 1, "{}", show(&o));
     assert_eq!(ruleset(&t), before);
     let o = sp(&t, &["confirm"], &[]);
     assert_eq!(code(&o), 1, "nothing pending:\n{}", show(&o));
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(5500));
     assert_eq!(ruleset(&t), before);
     let o = sp(&t, &["plan", "--detailed-exitcode", s(&f1)], &[]);
     assert_eq!(code(&o), 0, "still the first state:\n{}", show(&o));
@@ -699,16 +699,16 @@ fn confirm_timeout_rolls_back_unless_confirmed() {
         "{counters1:?}"
     );
 
-    // Not confirmed, and the apply is SIGKILLed with its process group: back within 3 + 2 s.
-    let at = apply_with_confirm_then_kill(&t, &f2, "3");
+    // Not confirmed, and the apply is SIGKILLed with its process group: back within 5 + 2 s.
+    let at = apply_with_confirm_then_kill(&t, &f2, "5");
     assert!(
         our_table(&t).is_some_and(|x| x.contains("f_api")),
         "applied"
     );
     assert!(
-        common::wait_until(Duration::from_secs(5), || our_table(&t).as_deref()
+        common::wait_until(Duration::from_secs(7), || our_table(&t).as_deref()
             == Some(state1.as_str())),
-        "rolled back within 5 s (took {:?}): {:?}",
+        "rolled back within 7 s (took {:?}): {:?}",
         at.elapsed(),
         our_table(&t)
     );
@@ -734,9 +734,9 @@ fn confirm_timeout_rolls_back_unless_confirmed() {
         "mask.toml",
         &format!("[settings]\nct_mark_mask = \"0x0000ff00\"\n{one}"),
     );
-    apply_with_confirm_then_kill(&t, &mask, "1");
+    apply_with_confirm_then_kill(&t, &mask, "5");
     assert!(
-        common::wait_until(Duration::from_secs(4), || our_table(&t)
+        common::wait_until(Duration::from_secs(8), || our_table(&t)
             .is_some_and(|x| x.contains("& 0x00ff0000"))),
         "the whole table is restored: {:?}",
         our_table(&t)
@@ -753,14 +753,14 @@ fn confirm_timeout_rolls_back_unless_confirmed() {
     // state, so the watchdog reloads the table as it was.
     let o = sp(
         &t,
-        &["apply", "--auto-approve", "--confirm-timeout", "1", s(&f2)],
+        &["apply", "--auto-approve", "--confirm-timeout", "5", s(&f2)],
         &[],
     );
     assert_eq!(code(&o), 0, "{}", show(&o));
     t.gateway
         .nft_ok(&["add", "chain", "inet", "smartproxy", "zz_by_hand"], None);
     assert!(
-        common::wait_until(Duration::from_secs(4), || our_table(&t)
+        common::wait_until(Duration::from_secs(8), || our_table(&t)
             .is_some_and(|x| !x.contains("zz_by_hand") && !x.contains("f_api"))),
         "{:?}",
         our_table(&t)
@@ -771,9 +771,9 @@ fn confirm_timeout_rolls_back_unless_confirmed() {
     // From no table at all: the rollback removes it.
     let o = sp(&t, &["destroy", "--auto-approve"], &[]);
     assert_eq!(code(&o), 0, "{}", show(&o));
-    apply_with_confirm_then_kill(&t, &f1, "1");
+    apply_with_confirm_then_kill(&t, &f1, "5");
     assert!(
-        common::wait_until(Duration::from_secs(4), || our_table(&t).is_none()),
+        common::wait_until(Duration::from_secs(8), || our_table(&t).is_none()),
         "the new table is removed again"
     );
     apply_ok(&t, &f1);
@@ -781,14 +781,14 @@ fn confirm_timeout_rolls_back_unless_confirmed() {
     // Confirmed in time: it stays.
     let o = sp(
         &t,
-        &["apply", "--auto-approve", "--confirm-timeout", "3", s(&f2)],
+        &["apply", "--auto-approve", "--confirm-timeout", "5", s(&f2)],
         &[],
     );
     assert_eq!(code(&o), 0, "{}", show(&o));
     let state2 = our_table(&t).expect("table");
     let o = sp(&t, &["confirm"], &[]);
     assert_eq!(code(&o), 0, "{}", show(&o));
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(6));
     assert_eq!(our_table(&t).as_deref(), Some(state2.as_str()), "kept");
     let o = sp(&t, &["confirm"], &[]);
     assert_eq!(code(&o), 1, "{}", show(&o));

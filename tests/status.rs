@@ -240,7 +240,8 @@ fn status_of_a_missing_table_exits_0_and_says_so() {
         Status {
             table: "nope".into(),
             serve: None,
-            routes: Vec::new()
+            routes: Vec::new(),
+            pending_confirm: None,
         }
     );
     let prom = run(&["--table", "nope", "--format", "prometheus"]);
@@ -267,6 +268,7 @@ fn status_shows_what_a_running_serve_answers_on_its_socket() {
     let listener = UnixListener::bind(&socket).expect("bind the status socket");
     let serve_status = Status {
         table: "edge".into(),
+        pending_confirm: None,
         serve: Some(smartproxy::status::ServeInfo {
             pid: 4242,
             nftables: "fallback".into(),
