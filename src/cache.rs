@@ -19,6 +19,11 @@
 //! - **Foreign drop chains** (`<table>.foreign`), the preflight check that lists every
 //!   chain of the namespace (20,000 of them with 10,000 routes): remembered with the
 //!   generation in the same way.
+//!
+//! All three are sealed ([`state::write_sealed`]: a keyed digest with a key only the state
+//! directory holds): a file changed by anything but smartproxy is ignored with a warning,
+//! and the table is listed or the routes normalised again. A cached unit must also parse
+//! back as exactly that route's objects ([`unit_is_sound`]) before it is used.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -139,9 +144,29 @@ pub fn desired_listing(
         hex_digest(&[env.as_bytes(), &json])
     });
 
-    let cached: Normalised = state::read(&model.table, NORMALISED)
+    let mut cached: Normalised = sealed(&model.table, NORMALISED)
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
+    if !table_part_is_sound(&model.table, &cached) {
+        warn_cache(&model.table, "its table-level part is not ours");
+        cached = Normalised::default();
+    }
+    let sound: Vec<bool> = crate::config::in_parallel(&all, |r| {
+        cached
+            .routes
+            .get(&r.name)
+            .is_none_or(|c| unit_is_sound(&model.table, &r.name, c))
+    });
+    for (r, _) in all.iter().zip(&sound).filter(|(_, ok)| !**ok) {
+        warn_cache(
+            &model.table,
+            &format!(
+                "the entry of route `{}` is not exactly that route's objects",
+                r.name
+            ),
+        );
+        cached.routes.remove(&r.name);
+    }
     let missing: Vec<usize> = (0..all.len())
         .filter(|&i| {
             cached
@@ -201,9 +226,9 @@ pub fn desired_listing(
     let unchanged = missing.is_empty()
         && cached.table_key == next.table_key
         && cached.routes.len() == next.routes.len();
-    if !unchanged {
+    if !unchanged || sound.contains(&false) {
         if let Ok(text) = serde_json::to_string(&next) {
-            let _ = state::write(&model.table, NORMALISED, &text);
+            let _ = state::write_sealed(&model.table, NORMALISED, &text);
         }
     }
     Ok((listing.to_text(&model.table), listing))
@@ -244,11 +269,78 @@ fn normalise_some(
     kernel.normalise(&script, &model.table)
 }
 
-/// A state file written as `generation\ntext`.
+fn warn_cache(table: &str, why: &str) {
+    eprintln!(
+        "warning: cache `{}`: {why}; ignored, rebuilt from the kernel",
+        state::path(table, NORMALISED).display()
+    );
+}
+
+/// A sealed cache file's text; `None` (with a warning when it was there) when it is absent,
+/// not to be trusted or not matching its seal.
+fn sealed(table: &str, suffix: &str) -> Option<String> {
+    match state::read_sealed(table, suffix) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("warning: {e}");
+            None
+        }
+    }
+}
+
+/// A state file written as `generation\ntext` (sealed).
 fn read_generational(table: &str, suffix: &str) -> Option<(u32, String)> {
-    let text = state::read(table, suffix)?;
+    let text = sealed(table, suffix)?;
     let (generation, rest) = text.split_once('\n')?;
     Some((generation.parse().ok()?, rest.to_owned()))
+}
+
+/// Whether a cached route unit is exactly route `name`'s objects and map elements: written
+/// into a table as plan would write it, it is one `table inet T { … }` statement that the
+/// guard accepts, and it parses back as that route alone, equal to itself (so no `}` in
+/// it closes the table, no object or element belongs to another route or to the table).
+fn unit_is_sound(table: &str, name: &str, cached: &CachedRoute) -> bool {
+    let unit = cached.unit();
+    let maps: BTreeSet<&str> = unit.elements.iter().map(|(m, _)| m.as_str()).collect();
+    let decls: Vec<Object> = maps
+        .iter()
+        .map(|m| Object {
+            kind: "map".to_owned(),
+            name: (*m).to_owned(),
+            text: format!("map {m} {{\n\ttype mark : verdict\n}}"),
+            elements: Vec::new(),
+        })
+        .collect();
+    let listing = Listing {
+        table: decls.clone(),
+        table_comment: None,
+        routes: BTreeMap::from([(name.to_owned(), unit.clone())]),
+    };
+    let mut sorted = decls;
+    sorted.sort();
+    let expected = Listing {
+        table: sorted,
+        ..listing.clone()
+    };
+    text_is_one_table(table, &listing.to_text(table), &expected)
+}
+
+/// [`unit_is_sound`] for the cached table-level part (comment, base and shared chains, maps).
+fn table_part_is_sound(table: &str, cached: &Normalised) -> bool {
+    if cached.table.is_empty() && cached.table_comment.is_none() {
+        return true;
+    }
+    let listing = Listing {
+        table: cached.table.clone(),
+        table_comment: cached.table_comment.clone(),
+        routes: BTreeMap::new(),
+    };
+    text_is_one_table(table, &listing.to_text(table), &listing)
+}
+
+fn text_is_one_table(table: &str, text: &str, expected: &Listing) -> bool {
+    let one = crate::nft::guard::statements(text, table).is_ok_and(|s| s.len() == 1);
+    one && crate::nft::guard::check(text, table).is_ok() && live::parse(text) == *expected
 }
 
 /// The live table (`None` when absent) and the generation it was read at, from the cache
@@ -271,13 +363,13 @@ pub fn live_listing(
 pub fn committed(kernel: &dyn Kernel, table: &str, planned: Option<u32>, listing: &str) {
     match (planned, kernel.generation()) {
         (Some(before), Some(after)) if after == before.wrapping_add(1) => {
-            if state::write(table, LIVE, &format!("{after}\n{listing}")).is_err() {
+            if state::write_sealed(table, LIVE, &format!("{after}\n{listing}")).is_err() {
                 forget_live(table);
             }
             // Our commit touched only our table: what was true of the others still is.
             match read_generational(table, FOREIGN) {
                 Some((then, text)) if then == before => {
-                    let _ = state::write(table, FOREIGN, &format!("{after}\n{text}"));
+                    let _ = state::write_sealed(table, FOREIGN, &format!("{after}\n{text}"));
                 }
                 _ => state::remove(table, FOREIGN),
             }
@@ -305,7 +397,7 @@ pub fn foreign_drop_chains(
         return Vec::new();
     };
     if let (Some(now), Ok(text)) = (generation, serde_json::to_string(&chains)) {
-        let _ = state::write(table, FOREIGN, &format!("{now}\n{text}"));
+        let _ = state::write_sealed(table, FOREIGN, &format!("{now}\n{text}"));
     }
     chains
 }
@@ -314,4 +406,102 @@ pub fn foreign_drop_chains(
 pub fn forget_live(table: &str) {
     state::remove(table, LIVE);
     state::remove(table, FOREIGN);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LISTING: &str = "table inet sp {
+\tcounter c_web {
+\t\tcomment \"web\"
+\t}
+
+\tmap route_filter {
+\t\ttype mark : verdict
+\t\telements = { 0x00010000 : jump f_web }
+\t}
+
+\tchain f_web {
+\t\tcounter name \"c_web\"
+\t}
+}
+";
+
+    fn web() -> CachedRoute {
+        let listing = live::parse(LISTING);
+        CachedRoute::of("k".to_owned(), &listing.routes["web"])
+    }
+
+    fn counter(c: &CachedRoute) -> usize {
+        c.objects
+            .iter()
+            .position(|o| o.kind == "counter")
+            .expect("web has a counter")
+    }
+
+    #[test]
+    fn a_cached_unit_of_its_own_route_is_sound() {
+        assert!(unit_is_sound("sp", "web", &web()));
+    }
+
+    #[test]
+    fn a_cached_unit_with_an_injected_statement_or_a_foreign_object_is_not() {
+        let mut c = web();
+        let k = counter(&c);
+        c.objects[k].text = c.objects[k].text.replace(
+            "comment \"web\"",
+            "comment \"web\" } add table inet rtinj3 {",
+        );
+        assert!(!unit_is_sound("sp", "web", &c), "a `}}` closing the table");
+        let mut c = web();
+        let k = counter(&c);
+        c.objects[k].text = c.objects[k].text.replace(
+            "comment \"web\"",
+            "comment \"web\"\n}\nadd table inet rtinj3 {",
+        );
+        assert!(!unit_is_sound("sp", "web", &c), "lines closing the table");
+        let mut c = web();
+        let k = counter(&c);
+        c.objects[k].name = "c_api".to_owned();
+        c.objects[k].text = c.objects[k].text.replace("c_web", "c_api");
+        assert!(!unit_is_sound("sp", "web", &c), "another route's counter");
+        let mut c = web();
+        let k = counter(&c);
+        c.elements[0].1 = "0x00020000 : jump f_api".to_owned();
+        assert!(!unit_is_sound("sp", "web", &c), "another route's element");
+        let mut c = web();
+        let k = counter(&c);
+        c.elements[0].1 = "0x00010000 : jump f_web, 0x3 : jump nat_x".to_owned();
+        assert!(!unit_is_sound("sp", "web", &c), "two elements in one");
+        let mut c = web();
+        let k = counter(&c);
+        c.objects.push(Object {
+            kind: "chain".to_owned(),
+            name: "f_web_in".to_owned(),
+            text: "chain f_web {\n\ttype filter hook input priority 0; policy drop;\n}".to_owned(),
+            elements: Vec::new(),
+        });
+        assert!(!unit_is_sound("sp", "web", &c), "a base chain");
+    }
+
+    #[test]
+    fn a_cached_table_part_with_a_foreign_base_chain_is_not_sound() {
+        let listing = live::parse(LISTING);
+        let mut n = Normalised {
+            table_comment: Some("managed by smartproxy".to_owned()),
+            table: listing.table.clone(),
+            ..Normalised::default()
+        };
+        assert!(table_part_is_sound("sp", &n));
+        n.table.push(Object {
+            kind: "chain".to_owned(),
+            name: "evil".to_owned(),
+            text: "chain evil {\n\ttype filter hook input priority -400; policy drop;\n}"
+                .to_owned(),
+            elements: Vec::new(),
+        });
+        n.table.sort();
+        assert!(!table_part_is_sound("sp", &n));
+    }
 }

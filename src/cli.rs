@@ -122,14 +122,14 @@ pub enum Command {
     /// Keep the ruleset of the last `apply --confirm-timeout` (exit 1 if nothing is pending).
     Confirm {
         /// Only this table (default: every pending table of this network namespace).
-        #[arg(long)]
+        #[arg(long, value_parser = table_arg)]
         table: Option<String>,
     },
     /// Restore now what the pending `apply --confirm-timeout` would restore at its deadline
     /// (exit 1 if nothing is pending).
     Rollback {
         /// Only this table (default: every pending table of this network namespace).
-        #[arg(long)]
+        #[arg(long, value_parser = table_arg)]
         table: Option<String>,
     },
     /// Remove smartproxy's table (and nothing else).
@@ -138,7 +138,7 @@ pub enum Command {
         #[arg(value_name = "PATH")]
         path: Option<PathBuf>,
         /// The table to remove (default: PATH's settings, else `smartproxy`).
-        #[arg(long)]
+        #[arg(long, value_parser = table_arg)]
         table: Option<String>,
         /// Destroy without asking.
         #[arg(long)]
@@ -157,7 +157,7 @@ pub enum Command {
         #[arg(value_name = "PATH")]
         paths: Vec<PathBuf>,
         /// The table to report on (default: PATH's settings, else `smartproxy`).
-        #[arg(long)]
+        #[arg(long, value_parser = table_arg)]
         table: Option<String>,
         #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
         format: StatusFormat,
@@ -211,7 +211,7 @@ pub enum Command {
     /// Internal: the detached confirm-timeout watchdog.
     #[command(name = "__watchdog", hide = true)]
     Watchdog {
-        #[arg(long)]
+        #[arg(long, value_parser = table_arg)]
         table: String,
         #[arg(long)]
         token: String,
@@ -236,6 +236,12 @@ fn confirm_secs(s: &str) -> Result<u64, String> {
         ));
     }
     Ok(secs)
+}
+
+/// `--table`: checked where it enters, by the rule route files' `settings.table` follow (a
+/// bad name is a usage error, before anything is touched).
+fn table_arg(name: &str) -> Result<String, String> {
+    crate::config::validate::table_name(name).map(|()| name.to_owned())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

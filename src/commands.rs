@@ -33,6 +33,53 @@ fn lock_timeout(secs: f64) -> Duration {
     Duration::from_secs_f64(secs.clamp(0.0, 86_400.0))
 }
 
+/// Takes the table's lock, then checks that its state files may be trusted (owner, mode:
+/// see [`state`]), so that nothing below reads a file someone else could have written.
+fn lock_trusted(table: &str, secs: f64) -> Result<state::Lock, state::StateError> {
+    let lock = state::lock(table, lock_timeout(secs))?;
+    state::check_table(table)?;
+    Ok(lock)
+}
+
+/// Why a script was not run: the guard refused it, or the kernel did.
+enum RunError {
+    Guard(crate::nft::guard::GuardError),
+    Kernel(crate::kernel::KernelError),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Guard(e) => write!(f, "{e}"),
+            RunError::Kernel(e) => write!(f, "the kernel refused; nothing was changed:\n{e}"),
+        }
+    }
+}
+
+/// The one way a flow here runs a script: only when it touches nothing but table inet
+/// `table` ([`crate::nft::guard`]), whatever it was built from.
+fn run_guarded(kernel: &dyn Kernel, table: &str, script: &str) -> Result<(), RunError> {
+    crate::nft::guard::check(script, table).map_err(RunError::Guard)?;
+    kernel.run(script).map_err(RunError::Kernel)
+}
+
+/// What a saved plan must satisfy before anything of it is used: a valid table name, and
+/// its script and listings touch only that table (nothing else is ever run from it).
+fn check_saved(saved: &Plan) -> Result<(), String> {
+    config::validate::table_name(&saved.table)?;
+    let table = &saved.table;
+    for (what, text) in [
+        ("desired_script", Some(&saved.desired_script)),
+        ("desired_listing", Some(&saved.desired_listing)),
+        ("live_listing", saved.live_listing.as_ref()),
+    ] {
+        if let Some(text) = text {
+            crate::nft::guard::check(text, table).map_err(|e| format!("its `{what}`: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Route files -> (model, rendered script). Prints diagnostics; `Err` is the exit code.
 fn desired(paths: &[PathBuf], color: bool) -> Result<(crate::model::Model, String), i32> {
     let loaded = config::load(paths);
@@ -126,7 +173,7 @@ pub fn plan(
         Ok(x) => x,
         Err(code) => return code,
     };
-    let _lock = match state::lock(&model.table, lock_timeout(lock_secs)) {
+    let _lock = match lock_trusted(&model.table, lock_secs) {
         Ok(l) => l,
         Err(e) => return err(e),
     };
@@ -142,7 +189,8 @@ pub fn plan(
     let _ = std::io::stdout().write_all(text.as_bytes());
     if let Some(path) = out {
         let saved = serde_json::to_string_pretty(&p).unwrap_or_default();
-        if let Err(e) = std::fs::write(path, saved) {
+        // 0600: a plan holds the whole ruleset; never through a planted symlink.
+        if let Err(e) = crate::fsutil::write_atomic(path, saved.as_bytes(), 0o600) {
             return err(format!("cannot write `{}`: {e}", path.display()));
         }
         if format == PlanFormat::Text {
@@ -179,16 +227,6 @@ fn approved(auto_approve: bool, what: &str) -> Result<(), i32> {
     }
 }
 
-/// For tests of the lock: pause between reading live state and committing.
-fn test_pause() {
-    if let Some(ms) = std::env::var("SMARTPROXY_TEST_PAUSE_BEFORE_COMMIT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        std::thread::sleep(Duration::from_millis(ms));
-    }
-}
-
 pub struct ApplyArgs<'a> {
     pub paths: &'a [PathBuf],
     pub plan_file: Option<&'a Path>,
@@ -213,7 +251,10 @@ pub fn apply(a: &ApplyArgs<'_>) -> i32 {
                 ))
             }
         };
-        let lock = match state::lock(&saved.table, lock_timeout(a.lock_secs)) {
+        if let Err(e) = check_saved(&saved) {
+            return err(format!("refusing the saved plan `{}`: {e}", file.display()));
+        }
+        let lock = match lock_trusted(&saved.table, a.lock_secs) {
             Ok(l) => l,
             Err(e) => return err(e),
         };
@@ -235,7 +276,7 @@ pub fn apply(a: &ApplyArgs<'_>) -> i32 {
             Ok(x) => x,
             Err(code) => return code,
         };
-        let lock = match state::lock(&model.table, lock_timeout(a.lock_secs)) {
+        let lock = match lock_trusted(&model.table, a.lock_secs) {
             Ok(l) => l,
             Err(e) => return err(e),
         };
@@ -255,8 +296,10 @@ pub fn apply(a: &ApplyArgs<'_>) -> i32 {
     if let Err(code) = approved(a.auto_approve, "applied") {
         return code;
     }
-    test_pause();
     let script = apply::transaction_parsed(&p, &parsed);
+    if let Err(e) = crate::nft::guard::check(&script, &table) {
+        return err(e);
+    }
     let previous_applied = state::read(&table, "applied");
     // With a confirm timeout the watchdog is armed before the commit: whenever this
     // process dies after the commit, the rollback is already on its way.
@@ -270,6 +313,16 @@ pub fn apply(a: &ApplyArgs<'_>) -> i32 {
                 },
                 Err(e) => return err(e),
             };
+            // The rollback is run later, by the watchdog: it too may only touch our table.
+            let checked = crate::nft::guard::check(&rollback.full, &table).and_then(|()| {
+                rollback
+                    .quick
+                    .as_deref()
+                    .map_or(Ok(()), |q| crate::nft::guard::check(q, &table))
+            });
+            if let Err(e) = checked {
+                return err(format!("the rollback script: {e}"));
+            }
             match arm_watchdog(&table, secs, &rollback, previous_applied.as_deref()) {
                 Ok(token) => Some(token),
                 Err(code) => return code,
@@ -277,13 +330,11 @@ pub fn apply(a: &ApplyArgs<'_>) -> i32 {
         }
         None => None,
     };
-    if let Err(e) = kernel.run(&script) {
+    if let Err(e) = run_guarded(&kernel, &table, &script) {
         if token.is_some() {
             disarm_watchdog(&table);
         }
-        return err(format!(
-            "the kernel refused the transaction; nothing was changed:\n{e}"
-        ));
+        return err(e);
     }
     if let Err(e) = record_commit(&kernel, &table, generation, &p.desired_listing) {
         eprintln!("warning: applied, but could not record it for drift detection: {e}");
@@ -331,7 +382,7 @@ pub fn destroy(
         (None, None) => "smartproxy".to_owned(),
     };
     let kernel = NftKernel::default();
-    let _lock = match state::lock(&table, lock_timeout(lock_secs)) {
+    let _lock = match lock_trusted(&table, lock_secs) {
         Ok(l) => l,
         Err(e) => return err(e),
     };
@@ -353,8 +404,8 @@ pub fn destroy(
     if let Err(code) = approved(auto_approve, "destroyed") {
         return code;
     }
-    if let Err(e) = kernel.run(&format!("delete table inet {table}\n")) {
-        return err(format!("the kernel refused; nothing was changed:\n{e}"));
+    if let Err(e) = run_guarded(&kernel, &table, &format!("delete table inet {table}\n")) {
+        return err(e);
     }
     state::remove(&table, "applied");
     state::remove(&table, "rolledback");
@@ -394,7 +445,7 @@ pub struct Converged {
 pub fn converge(model: &crate::model::Model) -> Result<Converged, String> {
     let script = render::render_script(model).map_err(|e| e.to_string())?;
     let kernel = NftKernel::default();
-    let _lock = state::lock(&model.table, lock_timeout(10.0)).map_err(|e| e.to_string())?;
+    let _lock = lock_trusted(&model.table, 10.0).map_err(|e| e.to_string())?;
     let planned = make_plan(&kernel, model, script)
         .map_err(|_| format!("cannot plan table inet {}", model.table))?;
     let p = &planned.plan;
@@ -410,9 +461,7 @@ pub fn converge(model: &crate::model::Model) -> Result<Converged, String> {
     };
     if p.has_changes() {
         let transaction = apply::transaction_parsed(p, &planned.parsed);
-        kernel.run(&transaction).map_err(|e| {
-            format!("the kernel refused the transaction; nothing was changed:\n{e}")
-        })?;
+        run_guarded(&kernel, &model.table, &transaction).map_err(|e| e.to_string())?;
         if let Err(e) = record_commit(
             &kernel,
             &model.table,
@@ -428,7 +477,7 @@ pub fn converge(model: &crate::model::Model) -> Result<Converged, String> {
 /// Deletes table `table` (serve's deprovisioning); whether it was there.
 pub fn remove_table(table: &str) -> Result<bool, String> {
     let kernel = NftKernel::default();
-    let _lock = state::lock(table, lock_timeout(10.0)).map_err(|e| e.to_string())?;
+    let _lock = lock_trusted(table, 10.0).map_err(|e| e.to_string())?;
     if kernel
         .list_table(table)
         .map_err(|e| e.to_string())?
@@ -436,9 +485,8 @@ pub fn remove_table(table: &str) -> Result<bool, String> {
     {
         return Ok(false);
     }
-    kernel
-        .run(&format!("delete table inet {table}\n"))
-        .map_err(|e| format!("the kernel refused to delete table inet {table}: {e}"))?;
+    run_guarded(&kernel, table, &format!("delete table inet {table}\n"))
+        .map_err(|e| format!("cannot delete table inet {table}: {e}"))?;
     state::remove(table, "applied");
     cache::forget_live(table);
     Ok(true)

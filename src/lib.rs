@@ -10,9 +10,11 @@ pub mod commands;
 pub mod config;
 pub mod confirm;
 pub mod diag;
+pub mod fsutil;
 pub mod kernel;
 pub mod lower;
 pub mod model;
+pub mod nft;
 pub mod plan;
 pub mod preflight;
 pub mod render;
@@ -277,17 +279,8 @@ fn compile(paths: &[PathBuf], format: OutputFormat, output: Option<&Path>, color
     }
 }
 
-/// Writes beside the target and renames, so a reader never sees half a ruleset.
+/// Replaced atomically without following a planted symlink (see [`fsutil`]); 0644 like
+/// any generated config file: it holds no secret, and `nft -f` is often run by others.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.smartproxy-tmp"));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    fsutil::write_atomic(path, bytes, 0o644)
 }

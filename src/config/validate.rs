@@ -130,6 +130,31 @@ fn table_name_problem(name: &str) -> String {
     }
 }
 
+/// The one rule for a table name, wherever it comes from (`settings.table`, `--table`,
+/// a saved plan, a state file's name): `Err` says why it is refused.
+pub fn table_name(name: &str) -> Result<(), String> {
+    if table_name_ok(name) {
+        Ok(())
+    } else {
+        let shown = |t: &str| -> String {
+            t.chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect()
+        };
+        Err(format!(
+            "invalid table name `{}`: {}; use [a-z][a-z0-9_]{{0,31}}, not an nft keyword",
+            shown(name),
+            shown(&table_name_problem(name))
+        ))
+    }
+}
+
 /// `0x00ff0000`, `0o…`, `0b…` or decimal, `_` allowed between digits (as in a TOML
 /// integer); one contiguous run of set bits.
 fn parse_mask(text: &str) -> Result<u32, &'static str> {

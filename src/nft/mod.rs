@@ -1,0 +1,3 @@
+//! nft vocabulary that needs no kernel: the guard every script passes before it is run.
+
+pub mod guard;
