@@ -282,6 +282,13 @@ fn concurrent_scrapes_share_one_kernel_collection_and_keep_threads_and_memory_fl
 
     let ok = codes.iter().filter(|&&c| c == 200).count();
     let busy = codes.iter().filter(|&&c| c == 503).count();
+    let (nft_most, nft_runs) = concurrency(&bin, "nft");
+    let (ct_most, ct_runs) = concurrency(&bin, "conntrack");
+    eprintln!(
+        "250 scrapes in {took:?}: {ok} × 200, {busy} × 503; nft {nft_runs} runs (at most \
+         {nft_most} at once), conntrack {ct_runs} ({ct_most}); RSS {rss_before} kB -> peak \
+         {rss_peak} kB; threads {threads_before} -> {threads_after}"
+    );
     assert_eq!(
         ok + busy,
         250,
@@ -289,8 +296,6 @@ fn concurrent_scrapes_share_one_kernel_collection_and_keep_threads_and_memory_fl
         serve.log()
     );
     assert!(ok >= 225, "most scrapes get their metrics: {ok} of 250");
-    let (nft_most, nft_runs) = concurrency(&bin, "nft");
-    let (ct_most, ct_runs) = concurrency(&bin, "conntrack");
     assert!(nft_runs >= 1, "the scrapes read the kernel's counters");
     assert_eq!(nft_most, 1, "nft listings at once ({nft_runs} runs)");
     assert_eq!(ct_most, 1, "conntrack listings at once ({ct_runs} runs)");
