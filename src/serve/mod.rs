@@ -1456,6 +1456,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_load_with_many_problems_logs_twenty_diagnostics_cut_short_and_a_count() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("routes.toml");
+        // 30 conflicting pairs, the ports written after a comment 10,000 characters long.
+        let mut text = String::new();
+        for i in 0..30 {
+            for side in ["a", "b"] {
+                text += &format!(
+                    "[[routes]]\nname = \"{side}{i}\"\n[routes.match]\nports = [{}] # {}\n\
+                     [routes.action]\nforwarding_engine = \"nftables\"\n\
+                     targets = [{{ host = \"198.51.100.2\", port = 80 }}]\n",
+                    9000 + i,
+                    "x".repeat(10_000)
+                );
+            }
+        }
+        std::fs::write(&path, text).expect("write");
+        let loaded = crate::config::load(&[path]);
+        assert_eq!(loaded.diagnostics.len(), 30, "{:?}", loaded.diagnostics);
+        let summary = log_summary(&loaded.sources, &loaded.diagnostics);
+        assert_eq!(summary.matches("error[E012]").count(), LOG_DIAGNOSTICS);
+        assert!(
+            summary.ends_with(
+                "and 10 more; run `smartproxy check` on the route files to see them all\n"
+            ),
+            "{summary}"
+        );
+        assert!(summary
+            .lines()
+            .all(|l| l.chars().count() <= LOG_LINE_MAX + 1));
+        assert!(summary.len() <= LOG_TEXT_MAX + 1024, "{}", summary.len());
+    }
+
+    #[test]
     fn hosts_lose_their_port() {
         assert_eq!(strip_port("example.test:8080"), "example.test");
         assert_eq!(strip_port("example.test"), "example.test");
