@@ -121,6 +121,7 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             [CompletionResult]::new('--health-timeout', '--health-timeout', [CompletionResultType]::ParameterName, 'Seconds a health check''s TCP connect may take')
             [CompletionResult]::new('--health-fall', '--health-fall', [CompletionResultType]::ParameterName, 'Failed checks in a row that take a target out')
             [CompletionResult]::new('--health-rise', '--health-rise', [CompletionResultType]::ParameterName, 'Passed checks in a row that bring a target back')
+            [CompletionResult]::new('--socket-group', '--socket-group', [CompletionResultType]::ParameterName, 'Group (name or GID) of the status socket, which is always mode 0660; the state directory then becomes mode 0710 in that group, so that its members can reach the socket and run `smartproxy status` (default: serve''s own group, directory unchanged). An unknown group stops serve before it starts')
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto = on a terminal and NO_COLOR unset')
             [CompletionResult]::new('--keep-kernel-routes', '--keep-kernel-routes', [CompletionResultType]::ParameterName, 'On stop, leave the kernel routes in place (default: remove serve''s table)')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')

@@ -525,7 +525,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__serve)
-            opts="-h --metrics --hello-timeout --connect-timeout --idle-timeout --drain-timeout --watch-interval --nftables --keep-kernel-routes --health-interval --health-timeout --health-fall --health-rise --color --help"
+            opts="-h --metrics --hello-timeout --connect-timeout --idle-timeout --drain-timeout --watch-interval --nftables --keep-kernel-routes --health-interval --health-timeout --health-fall --health-rise --socket-group --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -572,6 +572,10 @@ _smartproxy() {
                     return 0
                     ;;
                 --health-rise)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket-group)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

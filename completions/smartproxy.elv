@@ -109,6 +109,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --health-timeout 'Seconds a health check''s TCP connect may take'
             cand --health-fall 'Failed checks in a row that take a target out'
             cand --health-rise 'Passed checks in a row that bring a target back'
+            cand --socket-group 'Group (name or GID) of the status socket, which is always mode 0660; the state directory then becomes mode 0710 in that group, so that its members can reach the socket and run `smartproxy status` (default: serve''s own group, directory unchanged). An unknown group stops serve before it starts'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --keep-kernel-routes 'On stop, leave the kernel routes in place (default: remove serve''s table)'
             cand -h 'Print help (see more with ''--help'')'

@@ -112,6 +112,7 @@ complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l health-i
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l health-timeout -d 'Seconds a health check\'s TCP connect may take' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l health-fall -d 'Failed checks in a row that take a target out' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l health-rise -d 'Passed checks in a row that bring a target back' -r
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l socket-group -d 'Group (name or GID) of the status socket, which is always mode 0660; the state directory then becomes mode 0710 in that group, so that its members can reach the socket and run `smartproxy status` (default: serve\'s own group, directory unchanged). An unknown group stops serve before it starts' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
 always\t''
 never\t''"

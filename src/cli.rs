@@ -207,6 +207,12 @@ pub enum Command {
         /// Passed checks in a row that bring a target back.
         #[arg(long, value_name = "N", default_value_t = 2)]
         health_rise: u32,
+        /// Group (name or GID) of the status socket, which is always mode 0660; the state
+        /// directory then becomes mode 0710 in that group, so that its members can reach
+        /// the socket and run `smartproxy status` (default: serve's own group, directory
+        /// unchanged). An unknown group stops serve before it starts.
+        #[arg(long, value_name = "NAME|GID")]
+        socket_group: Option<String>,
     },
     /// Internal: the detached confirm-timeout watchdog.
     #[command(name = "__watchdog", hide = true)]

@@ -134,6 +134,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             health_timeout,
             health_fall,
             health_rise,
+            socket_group,
         } => {
             let secs = |s: f64| std::time::Duration::from_secs_f64(s.clamp(0.0, 86_400.0 * 365.0));
             serve::run(serve::Options {
@@ -152,6 +153,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
                     rise: health_rise.max(1),
                     fall: health_fall.max(1),
                 },
+                socket_group,
             })
         }
         Command::Completions { shell } => {

@@ -290,6 +290,8 @@ pub fn socket_path(table: &str) -> PathBuf {
 
 /// How long a running serve has to answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest answer read from the socket (a status of 100,000 routes is ~30 MB).
+const ANSWER_MAX: usize = 64 * 1024 * 1024;
 
 /// Asks a running serve (connect to socket_path, write "status\n", read a JSON Status to
 /// EOF); None when none answers within ~2 s.
@@ -307,6 +309,7 @@ pub fn ask_serve(table: &str) -> Option<Status> {
             .ok()?;
         match stream.read(&mut buf) {
             Ok(0) => break,
+            Ok(n) if answer.len() + n > ANSWER_MAX => return None,
             Ok(n) => answer.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return None,

@@ -15,8 +15,10 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy_protocol;
 pub mod routes;
+mod socket;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,6 +73,9 @@ pub struct Options {
     /// Leave the kernel routes in place on stop.
     pub keep_kernel_routes: bool,
     pub health: health::Options,
+    /// `--socket-group NAME|GID`: the group of the status socket (and of the state
+    /// directory, made 0710 so that the group can reach it).
+    pub socket_group: Option<String>,
 }
 
 /// One loaded configuration: what a new connection is routed by.
@@ -107,6 +112,8 @@ struct Shared {
     /// the targets that are down).
     model: Mutex<Arc<Model>>,
     health: Arc<Health>,
+    /// The kernel's counts for status and `/metrics`, read at most once per interval.
+    kernel: Arc<metrics::Collector<socket::KernelCounts>>,
     /// One single-threaded runtime per core: each accepts on its own `SO_REUSEPORT`
     /// socket of every listener and runs the connections it accepted, as HAProxy's threads
     /// and nginx's workers do (a shared work-stealing runtime spent its time waking threads).
@@ -165,12 +172,17 @@ pub(crate) fn by_name<T: Default>(map: &Mutex<BTreeMap<String, Arc<T>>>, name: &
 /// ones.
 fn load(options: &Options, carrier: Carrier) -> Result<(Running, Model), String> {
     let loaded = crate::config::load(&options.paths);
-    let rendered = |diags: &[crate::diag::Diagnostic]| {
-        crate::diag::render(&loaded.sources, diags, crate::diag::Format::Text, false)
-    };
+    let rendered = |diags: &[crate::diag::Diagnostic]| log_summary(&loaded.sources, diags);
     let Some(cfg) = loaded.config.as_ref() else {
         return Err(rendered(&loaded.diagnostics));
     };
+    if !loaded.diagnostics.is_empty() {
+        for line in rendered(&loaded.diagnostics).lines() {
+            if !line.trim().is_empty() {
+                warn!("{line}");
+            }
+        }
+    }
     let mut cfg = cfg.clone();
     if carrier != Carrier::Kernel {
         let moved = kernel::to_userspace(&mut cfg)?;
@@ -407,6 +419,54 @@ pub fn run(options: Options) -> i32 {
     code
 }
 
+/// Diagnostics of a load rendered into serve's output; the others are counted.
+const LOG_DIAGNOSTICS: usize = 20;
+/// The longest line of them logged (a source line may be megabytes long).
+const LOG_LINE_MAX: usize = 300;
+/// The most text of them logged in all.
+const LOG_TEXT_MAX: usize = 32 * 1024;
+
+/// The first [`LOG_DIAGNOSTICS`] of `diags` (errors first) rendered as `check` renders
+/// them, each line at most [`LOG_LINE_MAX`] characters and all at most [`LOG_TEXT_MAX`]
+/// bytes, then how many were left out: a route file with thousands of problems costs serve's
+/// log a few kilobytes, not megabytes. `smartproxy check` shows them all.
+fn log_summary(sources: &crate::diag::SourceMap, diags: &[crate::diag::Diagnostic]) -> String {
+    let mut ordered: Vec<&crate::diag::Diagnostic> =
+        diags.iter().filter(|d| d.is_error()).collect();
+    ordered.extend(diags.iter().filter(|d| !d.is_error()));
+    let shown: Vec<crate::diag::Diagnostic> = ordered
+        .iter()
+        .take(LOG_DIAGNOSTICS)
+        .map(|d| (*d).clone())
+        .collect();
+    let text = crate::diag::render(sources, &shown, crate::diag::Format::Text, false);
+    let mut out = String::new();
+    for line in text.lines() {
+        if out.len() + LOG_LINE_MAX + 1 > LOG_TEXT_MAX {
+            out.push_str("…\n");
+            break;
+        }
+        match line.char_indices().nth(LOG_LINE_MAX) {
+            Some((cut, _)) => {
+                out.push_str(&line[..cut]);
+                out.push_str("…\n");
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    let more = diags.len() - shown.len();
+    if more > 0 {
+        let _ = writeln!(
+            out,
+            "and {more} more; run `smartproxy check` on the route files to see them all"
+        );
+    }
+    out
+}
+
 /// Makes our table what the running model says, without the targets that are down (when
 /// the kernel carries the kernel routes; else nothing to do).
 async fn provision(shared: &Arc<Shared>, starting: bool) -> Result<(), String> {
@@ -430,8 +490,13 @@ async fn provision(shared: &Arc<Shared>, starting: bool) -> Result<(), String> {
     let converged = tokio::task::spawn_blocking(move || crate::commands::converge(&model))
         .await
         .map_err(|e| e.to_string())??;
-    for w in &converged.warnings {
+    for w in converged.warnings.iter().take(LOG_DIAGNOSTICS) {
         warn!("{w}");
+    }
+    if let Some(more) = converged.warnings.len().checked_sub(LOG_DIAGNOSTICS) {
+        if more > 0 {
+            warn!("and {more} more warnings; run `smartproxy plan` on the route files to see them all");
+        }
     }
     let s = converged.summary;
     if starting && converged.existed {
@@ -451,97 +516,6 @@ async fn provision(shared: &Arc<Shared>, starting: bool) -> Result<(), String> {
         );
     }
     Ok(())
-}
-
-/// What `smartproxy status` and `/metrics` show of both engines: the model's routes with
-/// the kernel's counts (when the kernel carries routes), serve's counts and target health.
-/// Blocking (asks nft and conntrack).
-fn status(shared: &Shared) -> crate::status::Status {
-    use crate::status::{ServeCounts, ServeInfo};
-    let model = shared.model();
-    let counts = if shared.carrier == Carrier::Kernel {
-        crate::status::kernel_counts(&model.table).unwrap_or_else(|e| {
-            warn!("status: cannot read the kernel's counters: {e}");
-            BTreeMap::new()
-        })
-    } else {
-        BTreeMap::new()
-    };
-    let mut status = crate::status::from_model(&model, counts);
-    status.serve = Some(ServeInfo {
-        pid: std::process::id(),
-        nftables: shared.carrier.as_str().to_owned(),
-    });
-    let health = shared.health.snapshot();
-    let userspace: std::collections::BTreeSet<&str> =
-        model.userspace.iter().map(|r| r.name.as_str()).collect();
-    for r in &mut status.routes {
-        if userspace.contains(r.name.as_str()) {
-            let m = shared.metrics.route(&r.name);
-            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-            r.serve = Some(ServeCounts {
-                connections_total: get(&m.connections),
-                active: get(&m.active),
-                bytes_in: get(&m.bytes_in),
-                bytes_out: get(&m.bytes_out),
-                errors: get(&m.errors),
-                refused: get(&m.refused),
-                tls_handshakes: get(&m.tls_handshakes),
-            });
-        }
-        for t in &mut r.targets {
-            if let Ok(addr) = t.target.parse::<SocketAddr>() {
-                t.up = health.get(&addr).copied();
-            }
-        }
-    }
-    status
-}
-
-/// Answers `smartproxy status` on the table's local socket; its path. Another serve of the
-/// same table in this network namespace (it answers there) is an error: two would fight
-/// over the table.
-async fn answer_status(shared: &Arc<Shared>, table: &str) -> Result<PathBuf, String> {
-    let path = crate::status::socket_path(table);
-    if tokio::net::UnixStream::connect(&path).await.is_ok() {
-        return Err(format!(
-            "another smartproxy serve runs for table inet {table} in this network namespace (it answers on {})",
-            path.display()
-        ));
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)
-        .map_err(|e| format!("cannot answer status on {}: {e}", path.display()))?;
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                let mut line = [0u8; 64];
-                let asked = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut line))
-                    .await
-                    .is_ok_and(|r| r.is_ok_and(|n| line[..n].starts_with(b"status")));
-                if !asked {
-                    return;
-                }
-                let answer = tokio::task::spawn_blocking(move || {
-                    crate::status::render_json(&status(&shared))
-                })
-                .await
-                .unwrap_or_default();
-                let _ = stream.write_all(answer.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    Ok(path)
 }
 
 /// One thread with a single-threaded runtime per core; their handles.
@@ -603,12 +577,13 @@ async fn serve(
         carrier,
         model: Mutex::new(Arc::new(Model::default())),
         health: Arc::new(Health::new(options.health)),
+        kernel: socket::collector(),
         workers,
     });
     shared.install(running, model);
     // Everything that can fail before the kernel is touched: the status socket (another
     // serve of this table?), the listeners, the metrics port.
-    let status_socket = match answer_status(&shared, &table).await {
+    let status_socket = match socket::answer_status(&shared, &table).await {
         Ok(socket) => socket,
         Err(e) => {
             eprintln!("error: {e}");
@@ -629,8 +604,12 @@ async fn serve(
             Ok(l) => {
                 info!(%addr, "metrics at http://{addr}/metrics");
                 let of = shared.clone();
-                let extra: metrics::Extra =
-                    Arc::new(move || crate::status::render_prometheus(&status(&of), false));
+                let extra: metrics::Extra = Arc::new(move || {
+                    let of = of.clone();
+                    Box::pin(async move {
+                        crate::status::render_prometheus(&socket::status(&of).await, false)
+                    })
+                });
                 Some(tokio::spawn(metrics::serve_http(
                     l,
                     shared.metrics.clone(),
@@ -1550,6 +1529,40 @@ fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_load_with_many_problems_logs_twenty_diagnostics_cut_short_and_a_count() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("routes.toml");
+        // 30 conflicting pairs, the ports written after a comment 10,000 characters long.
+        let mut text = String::new();
+        for i in 0..30 {
+            for side in ["a", "b"] {
+                text += &format!(
+                    "[[routes]]\nname = \"{side}{i}\"\n[routes.match]\nports = [{}] # {}\n\
+                     [routes.action]\nforwarding_engine = \"nftables\"\n\
+                     targets = [{{ host = \"198.51.100.2\", port = 80 }}]\n",
+                    9000 + i,
+                    "x".repeat(10_000)
+                );
+            }
+        }
+        std::fs::write(&path, text).expect("write");
+        let loaded = crate::config::load(&[path]);
+        assert_eq!(loaded.diagnostics.len(), 30, "{:?}", loaded.diagnostics);
+        let summary = log_summary(&loaded.sources, &loaded.diagnostics);
+        assert_eq!(summary.matches("error[E012]").count(), LOG_DIAGNOSTICS);
+        assert!(
+            summary.ends_with(
+                "and 10 more; run `smartproxy check` on the route files to see them all\n"
+            ),
+            "{summary}"
+        );
+        assert!(summary
+            .lines()
+            .all(|l| l.chars().count() <= LOG_LINE_MAX + 1));
+        assert!(summary.len() <= LOG_TEXT_MAX + 1024, "{}", summary.len());
+    }
 
     #[test]
     fn hosts_lose_their_port() {
