@@ -89,7 +89,7 @@ _smartproxy() {
 
     case "${cmd}" in
         smartproxy)
-            opts="-h -V --color --help --version check compile plan apply confirm destroy status serve __watchdog completions help"
+            opts="-h -V --color --kernel-timeout --help --version check compile plan apply confirm destroy status serve __watchdog completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -97,6 +97,10 @@ _smartproxy() {
             case "${prev}" in
                 --color)
                     COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                --kernel-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)
@@ -107,7 +111,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd____watchdog)
-            opts="-h --table --token --deadline-ms --color --help"
+            opts="-h --table --token --deadline-ms --color --kernel-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -129,6 +133,10 @@ _smartproxy() {
                     COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
                     ;;
+                --kernel-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -137,7 +145,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__apply)
-            opts="-h --plan --auto-approve --confirm-timeout --lock-timeout --color --help"
+            opts="-h --plan --auto-approve --confirm-timeout --lock-timeout --color --kernel-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -159,6 +167,10 @@ _smartproxy() {
                     COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
                     ;;
+                --kernel-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -167,7 +179,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__check)
-            opts="-h --format --deny-warnings --resolve --color --help"
+            opts="-h --format --deny-warnings --resolve --color --kernel-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -181,6 +193,10 @@ _smartproxy() {
                     COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
                     ;;
+                --kernel-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -189,7 +205,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__compile)
-            opts="-o -h --format --output --color --help"
+            opts="-o -h --format --output --color --kernel-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -211,6 +227,10 @@ _smartproxy() {
                     COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
                     ;;
+                --kernel-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -219,7 +239,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__completions)
-            opts="-h --color --help bash elvish fish powershell zsh"
+            opts="-h --color --kernel-timeout --help bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -227,6 +247,10 @@ _smartproxy() {
             case "${prev}" in
                 --color)
                     COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                --kernel-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)
@@ -237,7 +261,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__confirm)
-            opts="-h --table --color --help"
+            opts="-h --table --color --kernel-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -251,6 +275,10 @@ _smartproxy() {
                     COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
                     ;;
+                --kernel-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -259,7 +287,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__destroy)
-            opts="-h --table --auto-approve --lock-timeout --color --help"
+            opts="-h --table --auto-approve --lock-timeout --color --kernel-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -275,6 +303,10 @@ _smartproxy() {
                     ;;
                 --color)
                     COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                --kernel-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)
@@ -453,7 +485,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__plan)
-            opts="-h --out --format --detailed-exitcode --lock-timeout --color --help"
+            opts="-h --out --format --detailed-exitcode --lock-timeout --color --kernel-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -475,6 +507,10 @@ _smartproxy() {
                     COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
                     ;;
+                --kernel-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -483,7 +519,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__serve)
-            opts="-h --metrics --hello-timeout --connect-timeout --idle-timeout --drain-timeout --watch-interval --nftables --keep-kernel-routes --health-interval --health-timeout --health-fall --health-rise --color --help"
+            opts="-h --metrics --hello-timeout --connect-timeout --idle-timeout --drain-timeout --watch-interval --nftables --keep-kernel-routes --health-interval --health-timeout --health-fall --health-rise --color --kernel-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -537,6 +573,10 @@ _smartproxy() {
                     COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
                     ;;
+                --kernel-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -545,7 +585,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__status)
-            opts="-h --table --format --color --help"
+            opts="-h --table --format --color --kernel-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -561,6 +601,10 @@ _smartproxy() {
                     ;;
                 --color)
                     COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                --kernel-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

@@ -19,6 +19,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
     var completions = [
         &'smartproxy'= {
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
@@ -38,6 +39,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
         &'smartproxy;check'= {
             cand --format 'Output format of the findings'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand --deny-warnings 'Exit 1 when there are warnings'
             cand --resolve 'Also resolve target host names (needs DNS)'
             cand -h 'Print help (see more with ''--help'')'
@@ -48,6 +50,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand -o 'Write to FILE instead of standard output (replaced atomically)'
             cand --output 'Write to FILE instead of standard output (replaced atomically)'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -56,6 +59,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --format 'format'
             cand --lock-timeout 'Seconds to wait for another smartproxy''s lock'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand --detailed-exitcode 'Exit 2 when there are changes, 0 when there are none'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
@@ -65,6 +69,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --confirm-timeout 'Roll back unless `smartproxy confirm` comes within SECS (survives this process)'
             cand --lock-timeout 'Seconds to wait for another smartproxy''s lock'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand --auto-approve 'Apply without asking'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
@@ -72,6 +77,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
         &'smartproxy;confirm'= {
             cand --table 'Only this table (default: every pending table of this network namespace)'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -79,6 +85,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --table 'The table to remove (default: PATH''s settings, else `smartproxy`)'
             cand --lock-timeout 'Seconds to wait for another smartproxy''s lock'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand --auto-approve 'Destroy without asking'
             cand -h 'Print help'
             cand --help 'Print help'
@@ -87,6 +94,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --table 'The table to report on (default: PATH''s settings, else `smartproxy`)'
             cand --format 'format'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
@@ -103,6 +111,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --health-fall 'Failed checks in a row that take a target out'
             cand --health-rise 'Passed checks in a row that bring a target back'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand --keep-kernel-routes 'On stop, leave the kernel routes in place (default: remove serve''s table)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
@@ -112,11 +121,13 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --token 'token'
             cand --deadline-ms 'deadline-ms'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand -h 'Print help'
             cand --help 'Print help'
         }
         &'smartproxy;completions'= {
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand -h 'Print help'
             cand --help 'Print help'
         }
