@@ -19,6 +19,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
     var completions = [
         &'smartproxy'= {
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
@@ -39,6 +40,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
         &'smartproxy;check'= {
             cand --format 'Output format of the findings'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand --deny-warnings 'Exit 1 when there are warnings'
             cand --resolve 'Also resolve target host names (needs DNS)'
             cand -h 'Print help (see more with ''--help'')'
@@ -49,6 +51,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand -o 'Write to FILE instead of standard output (replaced atomically)'
             cand --output 'Write to FILE instead of standard output (replaced atomically)'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -57,6 +60,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --format 'format'
             cand --lock-timeout 'Seconds to wait for another smartproxy''s lock'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand --detailed-exitcode 'Exit 2 when there are changes, 0 when there are none'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
@@ -66,6 +70,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --confirm-timeout 'Roll back unless `smartproxy confirm` comes within SECS, at least 5 (survives this process)'
             cand --lock-timeout 'Seconds to wait for another smartproxy''s lock'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand --auto-approve 'Apply without asking'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
@@ -73,6 +78,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
         &'smartproxy;confirm'= {
             cand --table 'Only this table (default: every pending table of this network namespace)'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -86,6 +92,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --table 'The table to remove (default: PATH''s settings, else `smartproxy`)'
             cand --lock-timeout 'Seconds to wait for another smartproxy''s lock'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand --auto-approve 'Destroy without asking'
             cand -h 'Print help'
             cand --help 'Print help'
@@ -94,6 +101,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --table 'The table to report on (default: PATH''s settings, else `smartproxy`)'
             cand --format 'format'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
@@ -111,6 +119,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --health-rise 'Passed checks in a row that bring a target back'
             cand --socket-group 'Group (name or GID) of the status socket, which is always mode 0660; the state directory then becomes mode 0710 in that group, so that its members can reach the socket and run `smartproxy status` (default: serve''s own group, directory unchanged). An unknown group stops serve before it starts'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand --keep-kernel-routes 'On stop, leave the kernel routes in place (default: remove serve''s table)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
@@ -120,11 +129,13 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --token 'token'
             cand --deadline-ms 'deadline-ms'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand -h 'Print help'
             cand --help 'Print help'
         }
         &'smartproxy;completions'= {
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand -h 'Print help'
             cand --help 'Print help'
         }

@@ -531,3 +531,33 @@ fn serve_stops_within_its_drain_timeout_whatever_nft_does() {
         processes_with(&mark)
     );
 }
+
+#[test]
+fn the_confirm_watchdog_does_not_hold_the_lock() {
+    if !common::netns_available("the_confirm_watchdog_does_not_hold_the_lock") {
+        return;
+    }
+    let ns = Netns::new("kw");
+    let state = tempfile::tempdir().expect("state dir");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let routes = write(dir.path(), "r.toml", &routes("r", 10_000, 3));
+    let sp = |args: &[&str]| {
+        sp_cmd(&ns, state.path(), args, None)
+            .output()
+            .expect("smartproxy runs")
+    };
+    let o = sp(&[
+        "apply",
+        "--auto-approve",
+        "--confirm-timeout",
+        "60",
+        s(&routes),
+    ]);
+    assert!(o.status.success(), "{}", show(&o));
+    // The detached watchdog waits for the deadline; the lock is free meanwhile.
+    assert!(lock_free(state.path(), Duration::ZERO), "the lock is held");
+    let o = sp(&["plan", "--lock-timeout", "0", s(&routes)]);
+    assert!(o.status.success(), "{}", show(&o));
+    let o = sp(&["confirm"]);
+    assert!(o.status.success(), "{}", show(&o));
+}

@@ -199,7 +199,7 @@ fn libc_esrch() -> i32 {
 /// Reads stdout and stderr until both close, then waits for the exit; `None` when the
 /// deadline passes first.
 fn collect(child: &mut Child, deadline: Instant) -> io::Result<Option<Output>> {
-    let mut streams: [(Option<Box<dyn ReadFd>>, Vec<u8>); 2] = [
+    let mut streams: [Stream; 2] = [
         (child.stdout.take().map(|s| Box::new(s) as _), Vec::new()),
         (child.stderr.take().map(|s| Box::new(s) as _), Vec::new()),
     ];
@@ -251,6 +251,9 @@ fn collect(child: &mut Child, deadline: Instant) -> io::Result<Option<Output>> {
         stderr,
     }))
 }
+
+/// A child's stdout or stderr while open, and what it said so far.
+type Stream = (Option<Box<dyn ReadFd>>, Vec<u8>);
 
 /// A child's stdout or stderr.
 trait ReadFd: Read {
