@@ -332,7 +332,7 @@ fn seal_key() -> Result<Vec<u8>, StateError> {
 }
 
 fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

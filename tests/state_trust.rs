@@ -264,57 +264,25 @@ fn a_state_file_or_directory_open_to_others_or_owned_by_another_user_is_refused(
 
 // ---------------------------------------------------------------- caches and plans (item 3, 4)
 
-/// The sealing key of a state directory (`seal.key`), if it has one.
-fn seal_key(e: &Env) -> Option<Vec<u8>> {
-    let hex = std::fs::read_to_string(e.state.join("seal.key")).ok()?;
-    let hex = hex.trim();
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
-        .collect()
-}
-
-/// HMAC-SHA256 of length-prefixed parts, as smartproxy seals its caches (written out here
-/// so that a test can forge a seal the way someone holding the key could).
-fn seal(key: &[u8], parts: &[&[u8]]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut k = [0u8; 64];
-    k[..key.len()].copy_from_slice(key);
-    let mut inner = Sha256::new();
-    inner.update(k.map(|b| b ^ 0x36));
-    for p in parts {
-        inner.update((p.len() as u64).to_le_bytes());
-        inner.update(p);
-    }
-    let mut outer = Sha256::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Rewrites a cache file's text with `edit`, keeping (`reseal`: forging) its seal line.
 fn edit_cache(e: &Env, suffix: &str, reseal: bool, edit: impl FnOnce(&str) -> String) {
     let p = e.state_file(suffix);
     let text = std::fs::read_to_string(&p).expect("cache file");
-    let (head, body) = match text.split_once('\n') {
-        Some((h, b)) if h.starts_with("hmac-sha256:") => (Some(h.to_owned()), b.to_owned()),
-        _ => (None, text.clone()),
-    };
-    let body = edit(&body);
-    assert_ne!(body, text, "the edit changes something");
-    let out = match (head, reseal, seal_key(e)) {
-        (Some(_), true, Some(key)) => format!(
-            "hmac-sha256:{}\n{body}",
-            seal(&key, &[b"st", suffix.as_bytes(), body.as_bytes()])
-        ),
-        (Some(h), _, _) => format!("{h}\n{body}"),
-        (None, _, _) => body,
-    };
-    std::fs::write(&p, out).expect("write cache");
+    let sealed = common::seal::body(&text) != text;
+    let body = edit(common::seal::body(&text));
+    assert_ne!(
+        body,
+        common::seal::body(&text),
+        "the edit changes something"
+    );
+    if sealed && reseal {
+        common::seal::write(&e.state, "st", suffix, &body);
+    } else if sealed {
+        let head = text.split_once('\n').expect("seal line").0;
+        std::fs::write(&p, format!("{head}\n{body}")).expect("write cache");
+    } else {
+        std::fs::write(&p, body).expect("write cache");
+    }
 }
 
 #[test]
@@ -375,10 +343,7 @@ fn a_replaced_cached_live_listing_is_not_believed() {
     let two = e.write("two.toml", &routes(&[("web", 80), ("api", 81)]));
     ok(&e.sp(&["apply", "--auto-approve", s(&two)]));
     let listing_of_two = |text: &str| -> String {
-        let text = match text.split_once('\n') {
-            Some((h, rest)) if h.starts_with("hmac-sha256:") => rest,
-            _ => text,
-        };
+        let text = common::seal::body(text);
         text.split_once('\n').expect("generation line").1.to_owned()
     };
     let two_listing = listing_of_two(

@@ -394,10 +394,11 @@ fn check_body(body: &[Statement], table: &str, context: Context) -> Result<(), G
                     return Err(refuse(table, s, "a base chain smartproxy does not create"));
                 }
             }
-            Context::Chain(_) if s.word(0) == Some("policy") => {
-                if s.word(1) != Some("accept") || s.items.len() != 2 {
-                    return Err(refuse(table, s, "a base chain policy other than accept"));
-                }
+            Context::Chain(_)
+                if s.word(0) == Some("policy")
+                    && (s.word(1) != Some("accept") || s.items.len() != 2) =>
+            {
+                return Err(refuse(table, s, "a base chain policy other than accept"));
             }
             _ if has_hook => return Err(refuse(table, s, "a hook outside a chain declaration")),
             _ => {}
