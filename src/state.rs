@@ -101,7 +101,12 @@ pub fn ensure_dir() -> Result<PathBuf, StateError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
+                // At most 0755 (under `umask 000` too): nobody else may rename our directory.
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(parent)
+                    .map_err(io(parent))?;
             }
             match std::fs::DirBuilder::new().mode(DIR_MODE).create(&d) {
                 Ok(()) => std::fs::set_permissions(&d, std::fs::Permissions::from_mode(DIR_MODE))

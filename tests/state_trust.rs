@@ -26,7 +26,8 @@ impl Env {
         std::fs::create_dir(&files).expect("files dir");
         Env {
             ns: Netns::new(tag),
-            state: root.path().join("state"),
+            // Two levels smartproxy creates, as under /run/smartproxy/net-<inode>.
+            state: root.path().join("run").join("state"),
             files,
             _root: root,
         }
@@ -199,6 +200,8 @@ fn under_umask_000_state_files_are_0600_the_directory_0700_and_a_plan_0600() {
         s(&two),
     ]));
     assert_eq!(mode(&e.state), 0o700, "the state directory");
+    let parent = e.state.parent().expect("parent");
+    assert_eq!(mode(parent), 0o755, "its parent, made under umask 000");
     let names = e.state_names();
     assert!(
         names.iter().any(|n| n == "st.rollback.nft") && names.iter().any(|n| n == "st.lock"),
