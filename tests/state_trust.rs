@@ -498,3 +498,42 @@ fn plan_out_never_follows_a_planted_symlink() {
     assert_eq!(mode(&out), 0o600);
     ok(&e.sp(&["apply", "--auto-approve", "--plan", s(&out)]));
 }
+
+// ---------------------------------------------------------------- the guard on real text
+
+#[test]
+fn the_guard_accepts_what_we_render_and_what_nft_lists_back_and_nothing_more() {
+    if !common::netns_available(
+        "the_guard_accepts_what_we_render_and_what_nft_lists_back_and_nothing_more",
+    ) {
+        return;
+    }
+    use smartproxy::nft::guard;
+    let e = Env::new("stg");
+    let fixture = common::repo().join("tests/fixtures/json/everything.toml");
+    let o = common::smartproxy()
+        .args(["compile", s(&fixture)])
+        .output()
+        .expect("compile runs");
+    ok(&o);
+    let script = stdout(&o);
+    guard::check(&script, "smartproxy").expect("the rendered script passes");
+    assert!(
+        guard::check(&script, "other").is_err(),
+        "but only for its own table"
+    );
+    ok(&e.sp(&["apply", "--auto-approve", s(&fixture)]));
+    // Sets with elements, dynamic sets in use, counters with values, every base chain.
+    for args in [
+        vec!["-s", "list", "table", "inet", "smartproxy"],
+        vec!["list", "table", "inet", "smartproxy"],
+    ] {
+        let listing = e.ns.nft_ok(&args, None);
+        guard::check(&listing, "smartproxy")
+            .unwrap_or_else(|err| panic!("nft {args:?} passes the guard: {err}\n{listing}"));
+        let foreign = format!(
+            "{listing}table inet rtinj6 {{\n\tchain c {{\n\t\ttype filter hook input priority 0; policy accept;\n\t}}\n}}\n"
+        );
+        assert!(guard::check(&foreign, "smartproxy").is_err());
+    }
+}
