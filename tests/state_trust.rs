@@ -213,6 +213,13 @@ fn under_umask_000_state_files_are_0600_the_directory_0700_and_a_plan_0600() {
         assert!(!n.ends_with(".tmp"), "no temp file is left: {n}");
     }
     ok(&e.sp(&["confirm"]));
+    // State left readable by an older smartproxy (0755, 0644) is closed on use.
+    std::fs::set_permissions(&e.state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let applied = e.state_file("applied");
+    std::fs::set_permissions(&applied, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    ok(&e.sp(&["plan", s(&two)]));
+    assert_eq!(mode(&e.state), 0o700);
+    assert_eq!(mode(&applied), 0o600);
 }
 
 #[test]
