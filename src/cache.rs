@@ -467,15 +467,12 @@ mod tests {
         c.objects[k].text = c.objects[k].text.replace("c_web", "c_api");
         assert!(!unit_is_sound("sp", "web", &c), "another route's counter");
         let mut c = web();
-        let k = counter(&c);
         c.elements[0].1 = "0x00020000 : jump f_api".to_owned();
         assert!(!unit_is_sound("sp", "web", &c), "another route's element");
         let mut c = web();
-        let k = counter(&c);
         c.elements[0].1 = "0x00010000 : jump f_web, 0x3 : jump nat_x".to_owned();
         assert!(!unit_is_sound("sp", "web", &c), "two elements in one");
         let mut c = web();
-        let k = counter(&c);
         c.objects.push(Object {
             kind: "chain".to_owned(),
             name: "f_web_in".to_owned(),

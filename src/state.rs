@@ -98,10 +98,21 @@ pub fn ensure_dir() -> Result<PathBuf, StateError> {
                 });
             }
             trust(&d, &meta, "directory")?;
+            // One made before state was private (0755) becomes 0700; one closed to others
+            // is left as it is (serve's `--socket-group` makes it 0710 on purpose).
+            if meta.mode() & 0o007 != 0 {
+                std::fs::set_permissions(&d, std::fs::Permissions::from_mode(DIR_MODE))
+                    .map_err(io(&d))?;
+            }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
+                // At most 0755 (under `umask 000` too): nobody else may rename our directory.
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(parent)
+                    .map_err(io(parent))?;
             }
             match std::fs::DirBuilder::new().mode(DIR_MODE).create(&d) {
                 Ok(()) => std::fs::set_permissions(&d, std::fs::Permissions::from_mode(DIR_MODE))
@@ -240,6 +251,10 @@ fn read_path(p: &Path) -> Result<Option<String>, StateError> {
         });
     }
     trust(p, &meta, "file")?;
+    // A file of ours written before state was private (0644) becomes 0600.
+    if meta.mode() & 0o077 != 0 {
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE));
+    }
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(io(p))?;
     Ok(Some(text))
@@ -348,7 +363,7 @@ fn seal_key() -> Result<Vec<u8>, StateError> {
 }
 
 fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -41,7 +41,6 @@ fn sp_cmd(t: &Topology, args: &[&str], env: &[(&str, &str)]) -> Command {
     .env("SMARTPROXY_BOOT_CONF", "/dev/null")
     .env_remove("SSH_CONNECTION")
     .env_remove("SMARTPROXY_NFT")
-    .env_remove("SMARTPROXY_TEST_PAUSE_BEFORE_COMMIT_MS")
     .current_dir(common::repo());
     for (k, v) in env {
         cmd.env(k, v);
@@ -876,11 +875,20 @@ fn concurrent_applies_wait_for_the_lock_or_fail() {
     let f3 = write_routes(&t, "three.toml", &three);
     apply_ok(&t, &f1);
 
+    // An nft that takes 2.5 s over every script it loads (`-f`, whatever the file): the
+    // apply holds the lock meanwhile.
+    let wrapper = t.state.path().join("slow-nft.sh");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\ncase \" $* \" in *\" -f \"*) sleep 2.5;; esac\nexec nft \"$@\"\n",
+    )
+    .expect("write wrapper");
+    let _ = Command::new("chmod").arg("+x").arg(&wrapper).status();
     let slow = |file: &std::path::Path| {
         sp_cmd(
             &t,
             &["apply", "--auto-approve", s(file)],
-            &[("SMARTPROXY_TEST_PAUSE_BEFORE_COMMIT_MS", "2500")],
+            &[("SMARTPROXY_NFT", s(&wrapper))],
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

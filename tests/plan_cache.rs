@@ -98,7 +98,9 @@ impl Host {
 
     fn remembered_live(&self) -> Listing {
         let text = std::fs::read_to_string(self.state_file("live")).expect("live cache written");
-        let (_, listing) = text.split_once('\n').expect("generation line");
+        let (_, listing) = common::seal::body(&text)
+            .split_once('\n')
+            .expect("generation line");
         live::parse(listing)
     }
 }
@@ -192,9 +194,16 @@ fn assembled_listings_equal_the_kernels_normalisation() {
     let cache = h.state_file("normalised");
     let text = file_text(&cache);
     assert!(text.contains("c_sticky"));
-    let tampered = text.replace("jhash on the client address", "tampered comment");
-    assert_ne!(tampered, text, "the sticky route's comment is in the cache");
-    std::fs::write(&cache, tampered).expect("write cache");
+    let tampered =
+        common::seal::body(&text).replace("jhash on the client address", "tampered comment");
+    assert_ne!(
+        tampered,
+        common::seal::body(&text),
+        "the sticky route's comment is in the cache"
+    );
+    // Sealed with the directory's key (smartproxy ignores a cache changed by anyone else:
+    // tests/state_trust.rs).
+    common::seal::write(h.state.path(), "smartproxy", "normalised", &tampered);
     let planned = h.planned_desired();
     assert!(
         planned.routes["sticky"].text().contains("tampered comment"),
@@ -228,9 +237,9 @@ fn the_remembered_live_table_is_what_the_kernel_lists() {
     // sees the edit.
     let cache = h.state_file("live");
     let text = file_text(&cache);
-    let tampered = text.replace("counter c_e3 {", "counter c_e3x {");
-    assert_ne!(tampered, text);
-    std::fs::write(&cache, &tampered).expect("write cache");
+    let tampered = common::seal::body(&text).replace("counter c_e3 {", "counter c_e3x {");
+    assert_ne!(tampered, common::seal::body(&text));
+    common::seal::write(h.state.path(), "smartproxy", "live", &tampered);
     let out = h.sp_ok(&["plan", h.dir()]);
     assert!(
         out.contains("route \"e3x\" will be destroyed")

@@ -371,10 +371,12 @@ fn check_body(body: &[Statement], table: &str, context: Context) -> Result<(), G
             s.word(0),
             Some("chain" | "set" | "map" | "counter" | "quota" | "limit" | "ct" | "flowtable")
         );
-        if context == Context::Table
-            && object
-            && !(s.items.len() == 3 && s.word(1).is_some() && matches!(s.items[2], Item::Block(_)))
-        {
+        // `ct helper|timeout|expectation NAME { … }` has one word more.
+        let words = if s.word(0) == Some("ct") { 3 } else { 2 };
+        let declaration = s.items.len() == words + 1
+            && (1..words).all(|i| s.word(i).is_some())
+            && matches!(s.items[words], Item::Block(_));
+        if context == Context::Table && object && !declaration {
             return Err(refuse(table, s, "more than `kind name { … }` in a table"));
         }
         let has_hook = s.items.iter().any(|i| *i == Item::Word("hook".to_owned()));
@@ -394,10 +396,11 @@ fn check_body(body: &[Statement], table: &str, context: Context) -> Result<(), G
                     return Err(refuse(table, s, "a base chain smartproxy does not create"));
                 }
             }
-            Context::Chain(_) if s.word(0) == Some("policy") => {
-                if s.word(1) != Some("accept") || s.items.len() != 2 {
-                    return Err(refuse(table, s, "a base chain policy other than accept"));
-                }
+            Context::Chain(_)
+                if s.word(0) == Some("policy")
+                    && (s.word(1) != Some("accept") || s.items.len() != 2) =>
+            {
+                return Err(refuse(table, s, "a base chain policy other than accept"));
             }
             _ if has_hook => return Err(refuse(table, s, "a hook outside a chain declaration")),
             _ => {}
@@ -545,6 +548,8 @@ table inet sp {
         refused("delete element inet sp dnat4 { tcp . 80 } add table inet x\n");
         // Inside the table: an object followed by more on its line.
         refused("table inet sp {\n\tcounter c_a {\n\t\tcomment \"a\" } add table inet rtinj3 {\n\t}\n}\n");
+        ok("table inet sp {\n\tct timeout ct_a {\n\t\tprotocol tcp\n\t}\n}\n");
+        refused("table inet sp {\n\tct timeout ct_a { } chain x {\n\t}\n}\n");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod seal;
 pub mod topo;
 
 use std::io::Write;
