@@ -45,6 +45,9 @@ fn lock_trusted(table: &str, secs: f64) -> Result<state::Lock, state::StateError
 enum RunError {
     Guard(crate::nft::guard::GuardError),
     Kernel(crate::kernel::KernelError),
+    /// nft ran out of time, but the ruleset generation moved while it ran: its transaction
+    /// (all of it) may have committed before it was killed.
+    TimedOutAfterCommit(crate::kernel::KernelError),
 }
 
 impl std::fmt::Display for RunError {
@@ -52,6 +55,11 @@ impl std::fmt::Display for RunError {
         match self {
             RunError::Guard(e) => write!(f, "{e}"),
             RunError::Kernel(e) => write!(f, "the kernel refused; nothing was changed:\n{e}"),
+            RunError::TimedOutAfterCommit(e) => write!(
+                f,
+                "{e}; the ruleset generation moved meanwhile, so the whole transaction may \
+                 have committed: run `smartproxy plan` to see what the kernel holds"
+            ),
         }
     }
 }
@@ -60,7 +68,13 @@ impl std::fmt::Display for RunError {
 /// `table` ([`crate::nft::guard`]), whatever it was built from.
 fn run_guarded(kernel: &dyn Kernel, table: &str, script: &str) -> Result<(), RunError> {
     crate::nft::guard::check(script, table).map_err(RunError::Guard)?;
-    kernel.run(script).map_err(RunError::Kernel)
+    let before = kernel.generation();
+    kernel.run(script).map_err(|e| match e {
+        crate::kernel::KernelError::Timeout { .. } if kernel.generation() != before => {
+            RunError::TimedOutAfterCommit(e)
+        }
+        e => RunError::Kernel(e),
+    })
 }
 
 /// What a saved plan must satisfy before anything of it is used: a valid table name, and

@@ -445,12 +445,19 @@ fn restore(kernel: &dyn Kernel, table: &str, held: &Held) -> Result<(), String> 
                 .list_table(table)
                 .is_ok_and(|l| plan::fingerprint(l.as_deref()) == r.fingerprint)
     };
+    // The scripts come from state files: each must touch only our table before it runs.
+    let guarded = |script: &str| -> Result<(), String> {
+        crate::nft::guard::check(script, table).map_err(|e| {
+            format!("the rollback script of table inet {table} was refused: {e}")
+        })?;
+        kernel.run(script).map_err(|e| e.to_string())
+    };
     let quick = r
         .quick
         .as_deref()
-        .is_some_and(|script| kernel.run(script).is_ok() && arrived());
+        .is_some_and(|script| guarded(script).is_ok() && arrived());
     if !quick {
-        kernel.run(&r.full).map_err(|e| e.to_string())?;
+        guarded(&r.full)?;
     }
     Ok(())
 }
@@ -600,7 +607,7 @@ mod tests {
     fn held(quick: Option<&str>, fingerprint: &str) -> Held {
         Held {
             rollback: Rollback {
-                full: "FULL".into(),
+                full: FULL.into(),
                 quick: quick.map(str::to_owned),
                 fingerprint: fingerprint.into(),
             },
@@ -610,14 +617,26 @@ mod tests {
     }
 
     const BEFORE: &str = "table inet sp {\n}\n";
+    const QUICK: &str = "add table inet sp\n";
+    const FULL: &str = "delete table inet sp\ntable inet sp {\n}\n";
+
+    #[test]
+    fn restore_refuses_a_rollback_script_that_touches_another_table() {
+        let k = FakeKernel::default();
+        let mut h = held(None, "x");
+        h.rollback.full = format!("{FULL}add table inet planted\n");
+        let err = restore(&k, "sp", &h).expect_err("refused");
+        assert!(err.contains("refused"), "{err}");
+        assert!(k.transactions.lock().expect("lock").is_empty());
+    }
 
     #[test]
     fn restore_keeps_the_quick_inverse_when_it_arrives() {
         let k = FakeKernel::default();
         *k.after_run.lock().expect("lock") = Some(BEFORE.into());
-        let h = held(Some("QUICK"), &plan::fingerprint(Some(BEFORE)));
+        let h = held(Some(QUICK), &plan::fingerprint(Some(BEFORE)));
         restore(&k, "sp", &h).expect("restores");
-        assert_eq!(*k.transactions.lock().expect("lock"), ["QUICK"]);
+        assert_eq!(*k.transactions.lock().expect("lock"), [QUICK]);
     }
 
     #[test]
@@ -625,12 +644,12 @@ mod tests {
         let k = FakeKernel::default();
         *k.after_run.lock().expect("lock") =
             Some("table inet sp {\n\tchain by_hand {\n\t}\n}\n".into());
-        let h = held(Some("QUICK"), &plan::fingerprint(Some(BEFORE)));
+        let h = held(Some(QUICK), &plan::fingerprint(Some(BEFORE)));
         restore(&k, "sp", &h).expect("restores");
-        assert_eq!(*k.transactions.lock().expect("lock"), ["QUICK", "FULL"]);
+        assert_eq!(*k.transactions.lock().expect("lock"), [QUICK, FULL]);
         let k = FakeKernel::default();
         restore(&k, "sp", &held(None, "x")).expect("restores");
-        assert_eq!(*k.transactions.lock().expect("lock"), ["FULL"]);
+        assert_eq!(*k.transactions.lock().expect("lock"), [FULL]);
     }
 
     #[test]
@@ -639,6 +658,6 @@ mod tests {
             fail_with: Some("no".into()),
             ..FakeKernel::default()
         };
-        assert!(restore(&k, "sp", &held(Some("QUICK"), "x")).is_err());
+        assert!(restore(&k, "sp", &held(Some(QUICK), "x")).is_err());
     }
 }
