@@ -376,7 +376,8 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
                     "file is not valid UTF-8",
                 )
                 .label("first invalid byte here")
-                .help("save the route file as UTF-8"),
+                .help("save the route file as UTF-8")
+                .quote_span_only(),
             ),
             (Decoded::Text { id, display }, Some((raw, diags))) => {
                 diagnostics.extend(diags);
