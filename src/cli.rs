@@ -19,6 +19,10 @@ pub struct Cli {
     /// When to colour output: auto = on a terminal and NO_COLOR unset.
     #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
     pub color: Color,
+    /// Read route files that are symlinks leading out of their route directory (refused by
+    /// default, so a link planted in `routes.d` cannot make us read and quote any file).
+    #[arg(long, global = true)]
+    pub follow_symlinks: bool,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -47,6 +47,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             };
         }
     };
+    config::set_process_options(config::LoadOptions {
+        follow_symlinks: cli.follow_symlinks,
+    });
     let color = match cli.color {
         Color::Always => true,
         Color::Never => false,

@@ -878,6 +878,8 @@ fn security(s: &super::parse::RawSecurity, diags: &mut Vec<Diagnostic>) -> Secur
 /// overlapping entries (with a warning): nft interval sets refuse overlaps.
 fn ip_list(list: &[Sp<String>], what: &str, diags: &mut Vec<Diagnostic>) -> Vec<IpNet> {
     let mut nets: Vec<Sp<IpNet>> = Vec::with_capacity(list.len());
+    let mut host_bits: Vec<Diagnostic> = Vec::new();
+    let mut overlaps: Vec<Diagnostic> = Vec::new();
     for entry in list {
         let text = entry.value.trim();
         let parsed = text
@@ -887,7 +889,7 @@ fn ip_list(list: &[Sp<String>], what: &str, diags: &mut Vec<Diagnostic>) -> Vec<
             Ok(net) => {
                 let trunc = net.trunc();
                 if trunc != net {
-                    diags.push(
+                    host_bits.push(
                         Diagnostic::warning(
                             "W003",
                             entry.span,
@@ -931,7 +933,7 @@ fn ip_list(list: &[Sp<String>], what: &str, diags: &mut Vec<Diagnostic>) -> Vec<
     for net in order {
         match cover {
             Some(c) if c.value.contains(&net.value.network()) => {
-                diags.push(
+                overlaps.push(
                     Diagnostic::warning(
                         "W001",
                         net.span,
@@ -945,7 +947,24 @@ fn ip_list(list: &[Sp<String>], what: &str, diags: &mut Vec<Diagnostic>) -> Vec<
             _ => cover = Some(net),
         }
     }
+    overlaps.sort_by_key(|d| d.primary.span);
+    summarised(host_bits, "with host bits set", what, diags);
+    summarised(overlaps, "overlapping others", what, diags);
     IpNet::aggregate(&nets.iter().map(|n| n.value).collect())
+}
+
+/// Warnings of one kind on one list: the first as it is, the others only counted in it
+/// (5,000 duplicate entries give one warning, not 5,000 quotes of the line).
+fn summarised(found: Vec<Diagnostic>, kind: &str, what: &str, diags: &mut Vec<Diagnostic>) {
+    let more = found.len().saturating_sub(1);
+    let Some(mut first) = found.into_iter().next() else {
+        return;
+    };
+    if more > 0 {
+        let s = if more == 1 { "y" } else { "ies" };
+        first.message = format!("{} (and {more} more entr{s} {kind} in this `{what}`)", first.message);
+    }
+    diags.push(first);
 }
 
 /// `20/second` or `20/second burst 40` (burst default 5).
