@@ -188,8 +188,8 @@ pub struct Diagnostic {
     pub primary: Label,
     pub secondary: Vec<Label>,
     pub help: Option<String>,
-    /// Quote only the labelled text of the file, never the rest of its lines: for a file
-    /// that is not TOML (or not UTF-8), which may be anything, a secret included.
+    /// Quote no text of the file, only point at the place: for a file that is not TOML (or
+    /// not UTF-8), which may be anything, a secret included.
     pub quote_span_only: bool,
 }
 
@@ -490,9 +490,9 @@ fn excerpt(
     }
 }
 
-/// One source line as shown: control characters escaped; a long line (or, with
-/// `span_only`, any line) cut to windows around `marks` (byte ranges within the line),
-/// joined by `...`. Returns the text and where each mark landed in it.
+/// One source line as shown: control characters escaped; a long line cut to windows around
+/// `marks` (byte ranges within the line), joined by `...`; with `span_only`, nothing of the
+/// line at all, only where the marks are. Returns the text and where each mark landed.
 fn display_line(
     line: &str,
     marks: &[std::ops::Range<usize>],
@@ -505,7 +505,9 @@ fn display_line(
         .iter()
         .map(|m| {
             let start = char_at(m.start);
-            (start, char_at(m.end).min(start + MAX_LABEL_CHARS))
+            // Quoting only the span still quotes the file: show where, not what.
+            let end = if span_only { start } else { char_at(m.end) };
+            (start, end.min(start + MAX_LABEL_CHARS))
         })
         .collect();
     let mut windows: Vec<(usize, usize)> = if span_only {
@@ -543,7 +545,7 @@ fn display_line(
         }
         at.entry(b).or_insert(out.len());
     }
-    if merged.last().is_some_and(|&(_, b)| b < n) {
+    if !span_only && merged.last().is_some_and(|&(_, b)| b < n) {
         out.push_str("...");
     }
     let ranges = marks
@@ -694,6 +696,40 @@ mod tests {
         let id = map.add("f.toml".into(), "a = 1\nné = \"x\"\n".into());
         let offset = "a = 1\nné = ".len();
         assert_eq!(map.line_col(Span::new(id, offset..offset + 1)), (2, 6));
+    }
+
+    /// A label far into a long line with an escape sequence before it: the line is
+    /// windowed and escaped, and the header still gives the true column.
+    #[test]
+    fn long_lines_are_windowed_and_escaped_with_the_true_location() {
+        let mut map = SourceMap::default();
+        let line = format!("a = \"\u{1b}[2J{}\" # x = 1", "y".repeat(300));
+        let offset = line.find('#').expect("a comment");
+        let id = map.add("f.toml".into(), format!("{line}\n"));
+        let diag = Diagnostic::error("E003", Span::new(id, offset..offset + 1), "bad \u{7}")
+            .label("here");
+        let text = render(&map, &[diag], Format::Text, false);
+        let col = line[..offset].chars().count() + 1;
+        assert!(text.contains(&format!("--> f.toml:1:{col}\n")), "{text}");
+        assert!(text.contains("bad \\u{7}"), "{text}");
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text}");
+        assert!(text.lines().all(|l| l.len() < 160), "{text}");
+        assert!(text.contains("...yyy"), "{text}");
+    }
+
+    #[test]
+    fn only_fifty_diagnostics_are_printed() {
+        let mut map = SourceMap::default();
+        let id = map.add("f.toml".into(), "a\n".into());
+        let diags: Vec<Diagnostic> = (0..60)
+            .map(|_| Diagnostic::error("E003", Span::new(id, 0..1), "x"))
+            .chain((0..3).map(|_| Diagnostic::warning("W001", Span::new(id, 0..1), "y")))
+            .collect();
+        let text = render(&map, &diags, Format::Text, false);
+        assert_eq!(text.matches("error[E003]").count(), 50);
+        assert!(text.contains("... and 10 more errors and 3 more warnings"), "{text}");
+        let github = render(&map, &diags, Format::Github, false);
+        assert_eq!(github.lines().count(), 51, "{github}");
     }
 
     #[test]
