@@ -89,7 +89,7 @@ _smartproxy() {
 
     case "${cmd}" in
         smartproxy)
-            opts="-h -V --color --help --version check compile plan apply confirm destroy status serve __watchdog completions help"
+            opts="-h -V --color --follow-symlinks --help --version check compile plan apply confirm destroy status serve __watchdog completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -107,7 +107,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd____watchdog)
-            opts="-h --table --token --deadline-ms --color --help"
+            opts="-h --table --token --deadline-ms --color --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -137,7 +137,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__apply)
-            opts="-h --plan --auto-approve --confirm-timeout --lock-timeout --color --help"
+            opts="-h --plan --auto-approve --confirm-timeout --lock-timeout --color --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -167,7 +167,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__check)
-            opts="-h --format --deny-warnings --resolve --color --help"
+            opts="-h --format --deny-warnings --resolve --color --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -189,7 +189,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__compile)
-            opts="-o -h --format --output --color --help"
+            opts="-o -h --format --output --color --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -219,7 +219,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__completions)
-            opts="-h --color --help bash elvish fish powershell zsh"
+            opts="-h --color --follow-symlinks --help bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -237,7 +237,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__confirm)
-            opts="-h --table --color --help"
+            opts="-h --table --color --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -259,7 +259,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__destroy)
-            opts="-h --table --auto-approve --lock-timeout --color --help"
+            opts="-h --table --auto-approve --lock-timeout --color --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -453,7 +453,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__plan)
-            opts="-h --out --format --detailed-exitcode --lock-timeout --color --help"
+            opts="-h --out --format --detailed-exitcode --lock-timeout --color --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -483,7 +483,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__serve)
-            opts="-h --metrics --hello-timeout --connect-timeout --idle-timeout --drain-timeout --watch-interval --nftables --keep-kernel-routes --health-interval --health-timeout --health-fall --health-rise --color --help"
+            opts="-h --metrics --hello-timeout --connect-timeout --idle-timeout --drain-timeout --watch-interval --nftables --keep-kernel-routes --health-interval --health-timeout --health-fall --health-rise --color --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -545,7 +545,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__status)
-            opts="-h --table --format --color --help"
+            opts="-h --table --format --color --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

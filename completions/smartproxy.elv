@@ -19,6 +19,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
     var completions = [
         &'smartproxy'= {
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
@@ -40,6 +41,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --deny-warnings 'Exit 1 when there are warnings'
             cand --resolve 'Also resolve target host names (needs DNS)'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
@@ -48,6 +50,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand -o 'Write to FILE instead of standard output (replaced atomically)'
             cand --output 'Write to FILE instead of standard output (replaced atomically)'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -57,6 +60,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --lock-timeout 'Seconds to wait for another smartproxy''s lock'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --detailed-exitcode 'Exit 2 when there are changes, 0 when there are none'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
@@ -66,12 +70,14 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --lock-timeout 'Seconds to wait for another smartproxy''s lock'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --auto-approve 'Apply without asking'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
         &'smartproxy;confirm'= {
             cand --table 'Only this table (default: every pending table of this network namespace)'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -80,6 +86,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --lock-timeout 'Seconds to wait for another smartproxy''s lock'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --auto-approve 'Destroy without asking'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -87,6 +94,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --table 'The table to report on (default: PATH''s settings, else `smartproxy`)'
             cand --format 'format'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
@@ -104,6 +112,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --health-rise 'Passed checks in a row that bring a target back'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --keep-kernel-routes 'On stop, leave the kernel routes in place (default: remove serve''s table)'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
@@ -112,11 +121,13 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --token 'token'
             cand --deadline-ms 'deadline-ms'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help'
             cand --help 'Print help'
         }
         &'smartproxy;completions'= {
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help'
             cand --help 'Print help'
         }

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_smartproxy_global_optspecs
-    string join \n color= h/help V/version
+    string join \n color= follow-symlinks h/help V/version
 end
 
 function __fish_smartproxy_needs_command
@@ -27,6 +27,7 @@ end
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
 always\t''
 never\t''"
+complete -c smartproxy -n "__fish_smartproxy_needs_command" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -s V -l version -d 'Print version'
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "check" -d 'Parse and validate route files; report every problem with file:line:col'
@@ -48,6 +49,7 @@ always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand check" -l deny-warnings -d 'Exit 1 when there are warnings'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand check" -l resolve -d 'Also resolve target host names (needs DNS)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand check" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand compile" -l format -d '`nft` script or nftables JSON (`nft -j -f`)' -r -f -a "nft\t''
 json\t''"
@@ -55,6 +57,7 @@ complete -c smartproxy -n "__fish_smartproxy_using_subcommand compile" -s o -l o
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand compile" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
 always\t''
 never\t''"
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand compile" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand compile" -s h -l help -d 'Print help'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand plan" -l out -d 'Save the plan (with fingerprints of inputs and live state) for `apply --plan`' -r -F
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand plan" -l format -r -f -a "text\t''
@@ -64,6 +67,7 @@ complete -c smartproxy -n "__fish_smartproxy_using_subcommand plan" -l color -d 
 always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand plan" -l detailed-exitcode -d 'Exit 2 when there are changes, 0 when there are none'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand plan" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand plan" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l plan -d 'Apply a plan saved by `plan --out`; refused when the live state has changed since' -r -F
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l confirm-timeout -d 'Roll back unless `smartproxy confirm` comes within SECS (survives this process)' -r
@@ -72,11 +76,13 @@ complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l color -d
 always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l auto-approve -d 'Apply without asking'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand confirm" -l table -d 'Only this table (default: every pending table of this network namespace)' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand confirm" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
 always\t''
 never\t''"
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand confirm" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand confirm" -s h -l help -d 'Print help'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l table -d 'The table to remove (default: PATH\'s settings, else `smartproxy`)' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l lock-timeout -d 'Seconds to wait for another smartproxy\'s lock' -r
@@ -84,6 +90,7 @@ complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l color 
 always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l auto-approve -d 'Destroy without asking'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -s h -l help -d 'Print help'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand status" -l table -d 'The table to report on (default: PATH\'s settings, else `smartproxy`)' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand status" -l format -r -f -a "text\t''
@@ -92,6 +99,7 @@ prometheus\t'Prometheus text exposition (for node_exporter\'s textfile collector
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand status" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
 always\t''
 never\t''"
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand status" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l metrics -d 'Serve Prometheus metrics at http://ADDR/metrics' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l hello-timeout -d 'Seconds a client has to send its TLS ClientHello (and finish the handshake)' -r
@@ -110,6 +118,7 @@ complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l color -d
 always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l keep-kernel-routes -d 'On stop, leave the kernel routes in place (default: remove serve\'s table)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand __watchdog" -l table -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand __watchdog" -l token -r
@@ -117,10 +126,12 @@ complete -c smartproxy -n "__fish_smartproxy_using_subcommand __watchdog" -l dea
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand __watchdog" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
 always\t''
 never\t''"
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand __watchdog" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand __watchdog" -s h -l help -d 'Print help'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand completions" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
 always\t''
 never\t''"
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand completions" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "check" -d 'Parse and validate route files; report every problem with file:line:col'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm destroy status serve __watchdog completions help" -f -a "compile" -d 'Print the nftables ruleset for the route files (`nft -f` ready)'
