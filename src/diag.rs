@@ -110,7 +110,10 @@ impl SourceMap {
         let file = self.file(span.file);
         let offset = floor_char_boundary(&file.text, span.start.min(file.text.len()));
         let (index, line) = file.line_of(offset);
-        let col = file.text[line.start..offset.max(line.start)].chars().count() + 1;
+        let col = file.text[line.start..offset.max(line.start)]
+            .chars()
+            .count()
+            + 1;
         (index + 1, col)
     }
 
@@ -333,7 +336,10 @@ fn render_one(sources: &SourceMap, diag: &Diagnostic, renderer: &Renderer) -> St
     let mut labels = vec![(&diag.primary, level)];
     labels.extend(diag.secondary.iter().map(|l| (l, Level::Info)));
     let excerpts = excerpts(sources, &labels, diag.quote_span_only);
-    let texts: Vec<String> = labels.iter().map(|(l, _)| escape(&l.text).into_owned()).collect();
+    let texts: Vec<String> = labels
+        .iter()
+        .map(|(l, _)| escape(&l.text).into_owned())
+        .collect();
     let origins: Vec<String> = (0..excerpts.len())
         .map(|k| format!("\u{0}origin{k}\u{0}"))
         .collect();
@@ -343,7 +349,8 @@ fn render_one(sources: &SourceMap, diag: &Diagnostic, renderer: &Renderer) -> St
             .line_start(excerpt.line_start)
             .fold(true);
         for (label, range) in &excerpt.labels {
-            snippet = snippet.annotation(labels[*label].1.span(range.clone()).label(&texts[*label]));
+            snippet =
+                snippet.annotation(labels[*label].1.span(range.clone()).label(&texts[*label]));
         }
         snippet
     });
@@ -472,11 +479,7 @@ fn excerpt(
             for (p, r) in here.iter().zip(ranges) {
                 labels.push((p.1, base + r.start..base + r.end));
             }
-        } else if !span_only
-            && cluster
-                .iter()
-                .any(|p| p.0.abs_diff(line) <= CONTEXT_LINES)
-        {
+        } else if !span_only && cluster.iter().any(|p| p.0.abs_diff(line) <= CONTEXT_LINES) {
             text.push_str(&display_line(line_text, &[], false).0);
         }
     }
@@ -519,7 +522,12 @@ fn display_line(
     } else {
         marks
             .iter()
-            .map(|&(s, e)| (s.saturating_sub(WINDOW_CONTEXT), (e + WINDOW_CONTEXT).min(n)))
+            .map(|&(s, e)| {
+                (
+                    s.saturating_sub(WINDOW_CONTEXT),
+                    (e + WINDOW_CONTEXT).min(n),
+                )
+            })
             .collect()
     };
     windows.sort_unstable();
@@ -706,8 +714,8 @@ mod tests {
         let line = format!("a = \"\u{1b}[2J{}\" # x = 1", "y".repeat(300));
         let offset = line.find('#').expect("a comment");
         let id = map.add("f.toml".into(), format!("{line}\n"));
-        let diag = Diagnostic::error("E003", Span::new(id, offset..offset + 1), "bad \u{7}")
-            .label("here");
+        let diag =
+            Diagnostic::error("E003", Span::new(id, offset..offset + 1), "bad \u{7}").label("here");
         let text = render(&map, &[diag], Format::Text, false);
         let col = line[..offset].chars().count() + 1;
         assert!(text.contains(&format!("--> f.toml:1:{col}\n")), "{text}");
@@ -727,7 +735,10 @@ mod tests {
             .collect();
         let text = render(&map, &diags, Format::Text, false);
         assert_eq!(text.matches("error[E003]").count(), 50);
-        assert!(text.contains("... and 10 more errors and 3 more warnings"), "{text}");
+        assert!(
+            text.contains("... and 10 more errors and 3 more warnings"),
+            "{text}"
+        );
         let github = render(&map, &diags, Format::Github, false);
         assert_eq!(github.lines().count(), 51, "{github}");
     }

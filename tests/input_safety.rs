@@ -126,7 +126,10 @@ fn five_thousand_routes_on_one_port_are_reported_fast_and_short() {
         "each route names the first and counts the rest:\n{}",
         &out[out.len().saturating_sub(2000)..]
     );
-    assert!(out.contains("... and 4949 more errors"), "the rest is counted");
+    assert!(
+        out.contains("... and 4949 more errors"),
+        "the rest is counted"
+    );
     assert!(
         out.ends_with("failed: 4999 errors, 0 warnings\n"),
         "exact totals: {}",
@@ -141,7 +144,10 @@ fn five_thousand_duplicate_entries_give_one_short_warning() {
     let entries = vec!["\"192.0.2.7\""; 5000].join(", ");
     let mut text = String::new();
     route(&mut text, "web", "");
-    let _ = write!(text, "[routes.action.security]\nip_allow_list = [{entries}]\n");
+    let _ = write!(
+        text,
+        "[routes.action.security]\nip_allow_list = [{entries}]\n"
+    );
     std::fs::write(dir.path().join("routes.toml"), text).expect("write");
     let run = smartproxy(dir.path(), &["check", "routes.toml"]);
     let out = run.text();
@@ -168,7 +174,10 @@ fn assert_refused(run: &Run, code: &str, what: &str) {
     assert_eq!(run.code, Some(1), "{what}: exit 1 in time\n{out}");
     assert!(run.elapsed < FAST, "{what}: took {:?}", run.elapsed);
     assert!(out.contains(&format!("error[{code}]")), "{what}: {out}");
-    assert!(!out.contains(SECRET), "{what}: the target's content leaked:\n{out}");
+    assert!(
+        !out.contains(SECRET),
+        "{what}: the target's content leaked:\n{out}"
+    );
 }
 
 #[test]
@@ -177,14 +186,22 @@ fn a_fifo_is_an_error_named_directly_and_in_a_directory() {
     mkfifo(&dir.path().join("pipe.toml"));
     let run = smartproxy(dir.path(), &["check", "pipe.toml"]);
     assert_refused(&run, "E039", "a FIFO named directly");
-    assert!(run.text().contains("`pipe.toml` is a FIFO"), "{}", run.text());
+    assert!(
+        run.text().contains("`pipe.toml` is a FIFO"),
+        "{}",
+        run.text()
+    );
 
     let routes = dir.path().join("routes.d");
     std::fs::create_dir(&routes).expect("mkdir");
     mkfifo(&routes.join("10-pipe.toml"));
     let run = smartproxy(dir.path(), &["check", "routes.d"]);
     assert_refused(&run, "E039", "a FIFO in a directory");
-    assert!(run.text().contains("routes.d/10-pipe.toml"), "{}", run.text());
+    assert!(
+        run.text().contains("routes.d/10-pipe.toml"),
+        "{}",
+        run.text()
+    );
 }
 
 #[test]
@@ -232,7 +249,10 @@ fn a_symlink_leaving_the_directory_is_refused_unless_followed() {
     let out = run.text();
     assert_eq!(run.code, Some(1), "{out}");
     assert!(!out.contains("E041"), "{out}");
-    assert!(out.contains("unknown key `DB_PASSWORD`"), "the link was read: {out}");
+    assert!(
+        out.contains("unknown key `DB_PASSWORD`"),
+        "the link was read: {out}"
+    );
 }
 
 /// A symlink inside the directory to a file inside it is fine.

@@ -586,7 +586,12 @@ impl Reader<'_> {
         let link = match std::fs::symlink_metadata(path) {
             Ok(meta) => meta,
             Err(err) => {
-                self.error("E007", path, cannot(err), "check the path and its permissions");
+                self.error(
+                    "E007",
+                    path,
+                    cannot(err),
+                    "check the path and its permissions",
+                );
                 return None;
             }
         };
@@ -610,7 +615,12 @@ impl Reader<'_> {
         let meta = match std::fs::metadata(path) {
             Ok(meta) => meta,
             Err(err) => {
-                self.error("E007", path, cannot(err), "check the path and its permissions");
+                self.error(
+                    "E007",
+                    path,
+                    cannot(err),
+                    "check the path and its permissions",
+                );
                 return None;
             }
         };
@@ -638,7 +648,12 @@ impl Reader<'_> {
                 return None;
             }
             Err(err) => {
-                self.error("E007", path, cannot(err), "check the path and its permissions");
+                self.error(
+                    "E007",
+                    path,
+                    cannot(err),
+                    "check the path and its permissions",
+                );
                 return None;
             }
         };
@@ -668,7 +683,8 @@ impl Reader<'_> {
     }
 }
 
-const TOO_BIG_HELP: &str = "route files are small text files; check that the path names the right file";
+const TOO_BIG_HELP: &str =
+    "route files are small text files; check that the path names the right file";
 
 /// Whether a symlink in `dir` resolves to a file inside `dir` (both canonicalised).
 fn stays_inside(link: &Path, dir: &Path) -> bool {
@@ -718,9 +734,10 @@ fn read_capped(
         .custom_flags(flags)
         .open(path)?;
     let meta = file.metadata()?;
-    if !meta.file_type().is_file() || meta.dev() != checked.dev() || meta.ino() != checked.ino()
-    {
-        return Err(std::io::Error::other("the file changed while it was opened"));
+    if !meta.file_type().is_file() || meta.dev() != checked.dev() || meta.ino() != checked.ino() {
+        return Err(std::io::Error::other(
+            "the file changed while it was opened",
+        ));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len().min(cap)).unwrap_or(0));
     file.take(cap + 1).read_to_end(&mut bytes)?;

@@ -962,7 +962,10 @@ fn summarised(found: Vec<Diagnostic>, kind: &str, what: &str, diags: &mut Vec<Di
     };
     if more > 0 {
         let s = if more == 1 { "y" } else { "ies" };
-        first.message = format!("{} (and {more} more entr{s} {kind} in this `{what}`)", first.message);
+        first.message = format!(
+            "{} (and {more} more entr{s} {kind} in this `{what}`)",
+            first.message
+        );
     }
     diags.push(first);
 }
@@ -1427,7 +1430,13 @@ struct Meeting {
     others: usize,
 }
 
-fn conflict(routes: &[Route], l4: super::L4, range: PortRange, i: usize, claim: &Meeting) -> Diagnostic {
+fn conflict(
+    routes: &[Route],
+    l4: super::L4,
+    range: PortRange,
+    i: usize,
+    claim: &Meeting,
+) -> Diagnostic {
     let (a, b) = (&routes[claim.route], &routes[i]);
     let shared = PortRange {
         first: range.first.max(claim.range.first),
@@ -1769,7 +1778,12 @@ mod tests {
         let mut text = String::new();
         route(&mut text, "wide", "[\"400-500\", 443]", "");
         route(&mut text, "narrow", "443", "");
-        route(&mut text, "both", "[443, 444]", "addresses = [\"192.0.2.1\", \"192.0.2.2\"]");
+        route(
+            &mut text,
+            "both",
+            "[443, 444]",
+            "addresses = [\"192.0.2.1\", \"192.0.2.2\"]",
+        );
         let loaded = load_text(&text);
         assert_eq!(
             conflicts(&loaded),
