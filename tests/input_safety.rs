@@ -333,6 +333,12 @@ fn names_with_control_or_bidi_characters_are_rejected_and_escaped() {
             assert_eq!(run.code, Some(1), "{name} {args:?}: {}", run.text());
             assert!(run.text().contains("error[E010]"), "{name}: {}", run.text());
             assert!(run.text().contains("\\u{"), "shown escaped: {}", run.text());
+            assert!(
+                run.text()
+                    .contains("a control, bidi or invisible character"),
+                "says why: {}",
+                run.text()
+            );
             assert_no_raw_controls(&run, &format!("{name} {args:?}"));
         }
     }

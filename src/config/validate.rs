@@ -240,6 +240,11 @@ fn name_problem(name: &str) -> String {
         Some('a'..='z') => {}
         Some(c) => return format!("starts with `{c}`, not a lowercase letter"),
     }
+    if let Some(c) = name.chars().find(|c| crate::diag::is_unsafe_char(*c)) {
+        return format!(
+            "holds `{c}`, a control, bidi or invisible character (lowercase letters, digits, `_`, `-`)"
+        );
+    }
     if let Some(c) = name
         .chars()
         .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
