@@ -137,6 +137,26 @@ fn five_thousand_routes_on_one_port_are_reported_fast_and_short() {
     );
 }
 
+/// 5,000 SNI virtual hosts on one port: the shadowing check used to compare every pair.
+#[test]
+fn five_thousand_virtual_hosts_on_one_port_check_fast() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut text = String::new();
+    for i in 0..5000 {
+        let _ = write!(
+            text,
+            "\n[[routes]]\nname = \"v{i}\"\n[routes.match]\nports = 443\n\
+             domains = [\"v{i}.example.com\"]\n\
+             [routes.action]\ntargets = [{{ host = \"198.51.100.2\", port = 8443 }}]\n"
+        );
+    }
+    std::fs::write(dir.path().join("routes.toml"), text).expect("write");
+    let run = smartproxy(dir.path(), &["check", "routes.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.text());
+    assert!(run.text().contains("5000 userspace"), "{}", run.text());
+    assert!(run.elapsed < FAST, "took {:?}", run.elapsed);
+}
+
 /// 5,000 duplicate allow-list entries on one line printed the line 5,000 times (394 MB).
 #[test]
 fn five_thousand_duplicate_entries_give_one_short_warning() {

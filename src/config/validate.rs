@@ -1655,14 +1655,33 @@ impl<'a> Active<'a> {
 }
 
 /// A userspace route that can never be chosen: an earlier-ranked route covers all its
-/// ports, addresses and domains.
+/// ports, addresses and domains. A winner over a route with domains lists its first domain,
+/// and one over a route without domains has none: only those are tried (thousands of
+/// virtual hosts on one port cost one lookup each, not a scan of all the others).
 fn shadowed(routes: &[Route], diags: &mut Vec<Diagnostic>) {
     let users: Vec<&Route> = routes
         .iter()
         .filter(|r| r.enabled && r.engine == Engine::Userspace)
         .collect();
+    let mut by_domain: HashMap<&str, Vec<&Route>> = HashMap::new();
+    let mut without_domains: Vec<&Route> = Vec::new();
+    for r in &users {
+        if r.domains.is_empty() {
+            without_domains.push(r);
+        }
+        let mut domains: Vec<&str> = r.domains.iter().map(String::as_str).collect();
+        domains.sort_unstable();
+        domains.dedup();
+        for d in domains {
+            by_domain.entry(d).or_default().push(r);
+        }
+    }
     for b in &users {
-        let winner = users.iter().find(|a| {
+        let candidates = match b.domains.first() {
+            Some(d) => by_domain.get(d.as_str()).map_or(&[][..], Vec::as_slice),
+            None => without_domains.as_slice(),
+        };
+        let winner = candidates.iter().find(|a| {
             a.name != b.name
                 && (a.priority, std::cmp::Reverse(a.order))
                     > (b.priority, std::cmp::Reverse(b.order))
