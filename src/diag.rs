@@ -501,33 +501,47 @@ fn display_line(
     marks: &[std::ops::Range<usize>],
     span_only: bool,
 ) -> (String, Vec<std::ops::Range<usize>>) {
-    let chars: Vec<(usize, char)> = line.char_indices().collect();
-    let n = chars.len();
-    let char_at = |byte: usize| chars.partition_point(|(i, _)| *i < byte);
+    // Byte positions throughout, moved by characters: a line may be megabytes long.
+    let back = |at: usize, chars: usize| {
+        line[..at]
+            .char_indices()
+            .rev()
+            .take(chars)
+            .last()
+            .map_or(at, |(i, _)| i)
+    };
+    let ahead = |at: usize, chars: usize| {
+        line[at..]
+            .char_indices()
+            .nth(chars)
+            .map_or(line.len(), |(i, _)| at + i)
+    };
     let marks: Vec<(usize, usize)> = marks
         .iter()
         .map(|m| {
-            let start = char_at(m.start);
+            let start = floor_char_boundary(line, m.start.min(line.len()));
             // Quoting only the span still quotes the file: show where, not what.
-            let end = if span_only { start } else { char_at(m.end) };
-            (start, end.min(start + MAX_LABEL_CHARS))
+            let end = if span_only {
+                start
+            } else {
+                floor_char_boundary(line, m.end.min(line.len()))
+                    .max(start)
+                    .min(ahead(start, MAX_LABEL_CHARS))
+            };
+            (start, end)
         })
         .collect();
+    let short = line.len() <= MAX_LINE_CHARS || line.chars().count() <= MAX_LINE_CHARS;
     let mut windows: Vec<(usize, usize)> = if span_only {
         marks.clone()
-    } else if n <= MAX_LINE_CHARS {
-        vec![(0, n)]
+    } else if short {
+        vec![(0, line.len())]
     } else if marks.is_empty() {
-        vec![(0, MAX_LINE_CHARS)]
+        vec![(0, ahead(0, MAX_LINE_CHARS))]
     } else {
         marks
             .iter()
-            .map(|&(s, e)| {
-                (
-                    s.saturating_sub(WINDOW_CONTEXT),
-                    (e + WINDOW_CONTEXT).min(n),
-                )
-            })
+            .map(|&(s, e)| (back(s, WINDOW_CONTEXT), ahead(e, WINDOW_CONTEXT)))
             .collect()
     };
     windows.sort_unstable();
@@ -545,15 +559,15 @@ fn display_line(
         if a > 0 {
             out.push_str("...");
         }
-        for (k, &(_, c)) in chars.iter().enumerate().take(b).skip(a) {
-            if wanted.contains(&k) {
-                at.insert(k, out.len());
+        for (i, c) in line[a..b].char_indices() {
+            if wanted.contains(&(a + i)) {
+                at.insert(a + i, out.len());
             }
             push_escaped(&mut out, c);
         }
         at.entry(b).or_insert(out.len());
     }
-    if !span_only && merged.last().is_some_and(|&(_, b)| b < n) {
+    if !span_only && merged.last().is_some_and(|&(_, b)| b < line.len()) {
         out.push_str("...");
     }
     let ranges = marks

@@ -241,6 +241,32 @@ fn a_two_gigabyte_sparse_file_is_an_error_before_reading() {
     assert_refused(&run, "E040", "a 2 GB sparse file");
 }
 
+/// Files under the per-file cap that together pass the total cap: the file that would
+/// pass it is refused, before it is read.
+#[test]
+fn route_files_together_are_capped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for i in 0..5 {
+        let file = std::fs::File::create(dir.path().join(format!("{i}.toml"))).expect("create");
+        file.set_len(15 << 20).expect("a sparse file");
+    }
+    let run = smartproxy(dir.path(), &["check", "."]);
+    // The four files that fit are read and parsed (60 MiB of NUL bytes for the TOML
+    // parser): bounded by the kill timeout, not by `FAST`.
+    assert_eq!(run.code, Some(1), "{}", run.text());
+    assert!(
+        run.text().contains("error[E040]") && run.text().contains("failed: 5 errors"),
+        "{}",
+        run.text()
+    );
+    assert!(
+        run.text()
+            .contains("4.toml` would bring the route files read to more than 64 MiB"),
+        "{}",
+        run.text()
+    );
+}
+
 /// A symlink in `routes.d` to `secret.env` was followed and its line printed.
 #[test]
 fn a_symlink_leaving_the_directory_is_refused_unless_followed() {
