@@ -43,6 +43,9 @@ _smartproxy() {
             smartproxy,plan)
                 cmd="smartproxy__subcmd__plan"
                 ;;
+            smartproxy,rollback)
+                cmd="smartproxy__subcmd__rollback"
+                ;;
             smartproxy,serve)
                 cmd="smartproxy__subcmd__serve"
                 ;;
@@ -76,6 +79,9 @@ _smartproxy() {
             smartproxy__subcmd__help,plan)
                 cmd="smartproxy__subcmd__help__subcmd__plan"
                 ;;
+            smartproxy__subcmd__help,rollback)
+                cmd="smartproxy__subcmd__help__subcmd__rollback"
+                ;;
             smartproxy__subcmd__help,serve)
                 cmd="smartproxy__subcmd__help__subcmd__serve"
                 ;;
@@ -89,7 +95,7 @@ _smartproxy() {
 
     case "${cmd}" in
         smartproxy)
-            opts="-h -V --color --kernel-timeout --help --version check compile plan apply confirm destroy status serve __watchdog completions help"
+            opts="-h -V --color --kernel-timeout --follow-symlinks --help --version check compile plan apply confirm rollback destroy status serve __watchdog completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -111,7 +117,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd____watchdog)
-            opts="-h --table --token --deadline-ms --color --kernel-timeout --help"
+            opts="-h --table --token --deadline-ms --color --kernel-timeout --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -145,7 +151,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__apply)
-            opts="-h --plan --auto-approve --confirm-timeout --lock-timeout --color --kernel-timeout --help"
+            opts="-h --plan --auto-approve --confirm-timeout --lock-timeout --color --kernel-timeout --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -179,7 +185,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__check)
-            opts="-h --format --deny-warnings --resolve --color --kernel-timeout --help"
+            opts="-h --format --deny-warnings --resolve --color --kernel-timeout --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -205,7 +211,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__compile)
-            opts="-o -h --format --output --color --kernel-timeout --help"
+            opts="-o -h --format --output --color --kernel-timeout --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -239,7 +245,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__completions)
-            opts="-h --color --kernel-timeout --help bash elvish fish powershell zsh"
+            opts="-h --color --kernel-timeout --follow-symlinks --help bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -261,7 +267,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__confirm)
-            opts="-h --table --color --kernel-timeout --help"
+            opts="-h --table --color --kernel-timeout --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -287,7 +293,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__destroy)
-            opts="-h --table --auto-approve --lock-timeout --color --kernel-timeout --help"
+            opts="-h --table --auto-approve --lock-timeout --color --kernel-timeout --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -317,7 +323,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__help)
-            opts="check compile plan apply confirm destroy status serve __watchdog completions help"
+            opts="check compile plan apply confirm rollback destroy status serve __watchdog completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -456,6 +462,20 @@ _smartproxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        smartproxy__subcmd__help__subcmd__rollback)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         smartproxy__subcmd__help__subcmd__serve)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -485,7 +505,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__plan)
-            opts="-h --out --format --detailed-exitcode --lock-timeout --color --kernel-timeout --help"
+            opts="-h --out --format --detailed-exitcode --lock-timeout --color --kernel-timeout --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -518,8 +538,34 @@ _smartproxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        smartproxy__subcmd__rollback)
+            opts="-h --table --color --kernel-timeout --follow-symlinks --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --table)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                --kernel-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         smartproxy__subcmd__serve)
-            opts="-h --metrics --hello-timeout --connect-timeout --idle-timeout --drain-timeout --watch-interval --nftables --keep-kernel-routes --health-interval --health-timeout --health-fall --health-rise --color --kernel-timeout --help"
+            opts="-h --metrics --hello-timeout --connect-timeout --idle-timeout --drain-timeout --watch-interval --nftables --keep-kernel-routes --health-interval --health-timeout --health-fall --health-rise --socket-group --color --kernel-timeout --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -569,6 +615,10 @@ _smartproxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --socket-group)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --color)
                     COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
@@ -585,7 +635,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__status)
-            opts="-h --table --format --color --kernel-timeout --help"
+            opts="-h --table --format --color --kernel-timeout --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

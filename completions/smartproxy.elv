@@ -20,6 +20,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
         &'smartproxy'= {
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
@@ -43,6 +44,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand --deny-warnings 'Exit 1 when there are warnings'
             cand --resolve 'Also resolve target host names (needs DNS)'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
@@ -52,6 +54,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --output 'Write to FILE instead of standard output (replaced atomically)'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -62,6 +65,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand --detailed-exitcode 'Exit 2 when there are changes, 0 when there are none'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
@@ -72,6 +76,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand --auto-approve 'Apply without asking'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
@@ -79,12 +84,15 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --table 'Only this table (default: every pending table of this network namespace)'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help'
             cand --help 'Print help'
         }
         &'smartproxy;rollback'= {
             cand --table 'Only this table (default: every pending table of this network namespace)'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
+            cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -94,6 +102,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand --auto-approve 'Destroy without asking'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -102,6 +111,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --format 'format'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
@@ -121,6 +131,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand --keep-kernel-routes 'On stop, leave the kernel routes in place (default: remove serve''s table)'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
@@ -130,12 +141,14 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --deadline-ms 'deadline-ms'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help'
             cand --help 'Print help'
         }
         &'smartproxy;completions'= {
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
+            cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help'
             cand --help 'Print help'
         }

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_smartproxy_global_optspecs
-    string join \n color= kernel-timeout= h/help V/version
+    string join \n color= kernel-timeout= follow-symlinks h/help V/version
 end
 
 function __fish_smartproxy_needs_command
@@ -28,6 +28,7 @@ complete -c smartproxy -n "__fish_smartproxy_needs_command" -l color -d 'When to
 always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -l kernel-timeout -d 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards' -r
+complete -c smartproxy -n "__fish_smartproxy_needs_command" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -s V -l version -d 'Print version'
 complete -c smartproxy -n "__fish_smartproxy_needs_command" -f -a "check" -d 'Parse and validate route files; report every problem with file:line:col'
@@ -51,6 +52,7 @@ never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand check" -l kernel-timeout -d 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand check" -l deny-warnings -d 'Exit 1 when there are warnings'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand check" -l resolve -d 'Also resolve target host names (needs DNS)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand check" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand compile" -l format -d '`nft` script or nftables JSON (`nft -j -f`)' -r -f -a "nft\t''
 json\t''"
@@ -59,6 +61,7 @@ complete -c smartproxy -n "__fish_smartproxy_using_subcommand compile" -l color 
 always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand compile" -l kernel-timeout -d 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards' -r
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand compile" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand compile" -s h -l help -d 'Print help'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand plan" -l out -d 'Save the plan (with fingerprints of inputs and live state) for `apply --plan`' -r -F
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand plan" -l format -r -f -a "text\t''
@@ -69,6 +72,7 @@ always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand plan" -l kernel-timeout -d 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand plan" -l detailed-exitcode -d 'Exit 2 when there are changes, 0 when there are none'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand plan" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand plan" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l plan -d 'Apply a plan saved by `plan --out`; refused when the live state has changed since' -r -F
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l confirm-timeout -d 'Roll back unless `smartproxy confirm` comes within SECS, at least 5 (survives this process)' -r
@@ -78,17 +82,21 @@ always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l kernel-timeout -d 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l auto-approve -d 'Apply without asking'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand confirm" -l table -d 'Only this table (default: every pending table of this network namespace)' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand confirm" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
 always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand confirm" -l kernel-timeout -d 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards' -r
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand confirm" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand confirm" -s h -l help -d 'Print help'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand rollback" -l table -d 'Only this table (default: every pending table of this network namespace)' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand rollback" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
 always\t''
 never\t''"
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand rollback" -l kernel-timeout -d 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards' -r
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand rollback" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand rollback" -s h -l help -d 'Print help'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l table -d 'The table to remove (default: PATH\'s settings, else `smartproxy`)' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l lock-timeout -d 'Seconds to wait for another smartproxy\'s lock' -r
@@ -97,6 +105,7 @@ always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l kernel-timeout -d 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l auto-approve -d 'Destroy without asking'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -s h -l help -d 'Print help'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand status" -l table -d 'The table to report on (default: PATH\'s settings, else `smartproxy`)' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand status" -l format -r -f -a "text\t''
@@ -106,6 +115,7 @@ complete -c smartproxy -n "__fish_smartproxy_using_subcommand status" -l color -
 always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand status" -l kernel-timeout -d 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards' -r
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand status" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l metrics -d 'Serve Prometheus metrics at http://ADDR/metrics' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l hello-timeout -d 'Seconds a client has to send its TLS ClientHello (and finish the handshake)' -r
@@ -126,6 +136,7 @@ always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l kernel-timeout -d 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l keep-kernel-routes -d 'On stop, leave the kernel routes in place (default: remove serve\'s table)'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand __watchdog" -l table -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand __watchdog" -l token -r
@@ -134,11 +145,13 @@ complete -c smartproxy -n "__fish_smartproxy_using_subcommand __watchdog" -l col
 always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand __watchdog" -l kernel-timeout -d 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards' -r
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand __watchdog" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand __watchdog" -s h -l help -d 'Print help'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand completions" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
 always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand completions" -l kernel-timeout -d 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards' -r
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand completions" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback destroy status serve __watchdog completions help" -f -a "check" -d 'Parse and validate route files; report every problem with file:line:col'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback destroy status serve __watchdog completions help" -f -a "compile" -d 'Print the nftables ruleset for the route files (`nft -f` ready)'

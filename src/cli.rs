@@ -23,6 +23,10 @@ pub struct Cli {
     /// killed and the command fails; the lock is free again afterwards.
     #[arg(long, global = true, value_name = "SECS", default_value_t = 120.0, value_parser = kernel_timeout)]
     pub kernel_timeout: f64,
+    /// Read route files that are symlinks leading out of their route directory (refused by
+    /// default, so a link planted in `routes.d` cannot make us read and quote any file).
+    #[arg(long, global = true)]
+    pub follow_symlinks: bool,
     #[command(subcommand)]
     pub command: Command,
 }

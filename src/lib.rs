@@ -51,6 +51,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
         }
     };
     kernel::set_timeout(std::time::Duration::from_secs_f64(cli.kernel_timeout));
+    config::set_process_options(config::LoadOptions {
+        follow_symlinks: cli.follow_symlinks,
+    });
     let color = match cli.color {
         Color::Always => true,
         Color::Never => false,

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::diag::escape;
 use crate::kernel::live::{self, Listing};
 
 /// The unit name of table-level settings: never a valid route name, so no route can
@@ -394,13 +395,13 @@ impl Plan {
         };
         let mut out = String::new();
         for w in &self.warnings {
-            let _ = writeln!(out, "{} {w}", paint("33;1", "Warning:"));
+            let _ = writeln!(out, "{} {}", paint("33;1", "Warning:"), escape(w));
         }
         if !self.warnings.is_empty() {
             out.push('\n');
         }
         if !self.drift.is_empty() {
-            let _ = writeln!(out, "Drift: objects in table inet {} changed outside smartproxy since the last apply:\n", self.table);
+            let _ = writeln!(out, "Drift: objects in table inet {} changed outside smartproxy since the last apply:\n", escape(&self.table));
             for d in &self.drift {
                 let _ = writeln!(out, "  ~ {}", unit_title(&d.unit));
                 for line in d.diff.lines() {
@@ -416,7 +417,7 @@ impl Plan {
         let _ = writeln!(
             out,
             "smartproxy will perform the following actions on table inet {}:\n",
-            self.table
+            escape(&self.table)
         );
         if self.table_exists && self.replace_table {
             let _ = writeln!(
@@ -457,7 +458,7 @@ fn unit_title(unit: &str) -> String {
     if unit == TABLE_UNIT {
         "table settings".to_owned()
     } else {
-        format!("route \"{unit}\"")
+        format!("route \"{}\"", escape(unit))
     }
 }
 
@@ -465,17 +466,30 @@ fn prefixed(text: &str, sign: &str) -> String {
     text.lines().map(|l| format!("{sign} {l}\n")).collect()
 }
 
+/// One line of a body or diff, its control characters escaped (live comments and state
+/// files may hold anything), then coloured by its sign.
 fn color_line(line: &str, paint: &dyn Fn(&str, &str) -> String) -> String {
+    let line = escape(line);
     match line.chars().next() {
-        Some('+') => paint("32", line),
-        Some('-') => paint("31", line),
-        _ => line.to_owned(),
+        Some('+') => paint("32", &line),
+        Some('-') => paint("31", &line),
+        _ => line.into_owned(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn body_and_diff_lines_are_shown_escaped() {
+        let paint = |_: &str, t: &str| t.to_owned();
+        assert_eq!(
+            color_line("+ comment \"\u{1b}[2J\u{202e}\"", &paint),
+            "+ comment \"\\u{1b}[2J\\u{202e}\""
+        );
+        assert_eq!(unit_title("a\u{7}"), "route \"a\\u{7}\"");
+    }
 
     fn listing(routes: &[(&str, &str)]) -> String {
         let mut out = String::from("table inet sp {\n\tcomment \"managed\"\n");

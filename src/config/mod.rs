@@ -350,16 +350,49 @@ impl Loaded {
     }
 }
 
+/// How route files are read. The default is the safe one: symlinks that leave a route
+/// directory are refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Follow symlinks in a route directory that point outside it (`--follow-symlinks`).
+    pub follow_symlinks: bool,
+}
+
+/// The largest route file read (a bigger one is E040, found before reading it).
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+/// The most bytes of route files one run reads, all files together.
+pub const MAX_TOTAL_BYTES: u64 = 64 << 20;
+
+static PROCESS_OPTIONS: std::sync::OnceLock<LoadOptions> = std::sync::OnceLock::new();
+
+/// Sets the options [`load`] uses in this process: the command line's global flags, set
+/// once by `run` before any command reads route files (so that every command, serve's
+/// reloads included, honours `--follow-symlinks` without passing it along).
+pub fn set_process_options(options: LoadOptions) {
+    let _ = PROCESS_OPTIONS.set(options);
+}
+
 /// Reads PATHs (files, or directories of `*.toml` merged in name order), parses and
-/// validates them. I/O problems are diagnostics too, so one run reports everything.
+/// validates them, with the process's [`LoadOptions`] (the safe default unless the
+/// command line said otherwise). I/O problems are diagnostics too, so one run reports
+/// everything.
 pub fn load(paths: &[PathBuf]) -> Loaded {
+    load_with(paths, &PROCESS_OPTIONS.get().copied().unwrap_or_default())
+}
+
+/// [`load`] with explicit options.
+pub fn load_with(paths: &[PathBuf], options: &LoadOptions) -> Loaded {
     let mut sources = SourceMap::default();
     let mut diagnostics = Vec::new();
     let mut files = Vec::new();
+    let mut reader = Reader {
+        options: *options,
+        total: 0,
+        sources: &mut sources,
+        diagnostics: &mut diagnostics,
+    };
     for path in paths {
-        for file in expand(path, &mut sources, &mut diagnostics) {
-            files.push(file);
-        }
+        files.extend(reader.expand(path));
     }
     let decoded: Vec<_> = files
         .into_iter()
@@ -376,7 +409,8 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
                     "file is not valid UTF-8",
                 )
                 .label("first invalid byte here")
-                .help("save the route file as UTF-8"),
+                .help("save the route file as UTF-8")
+                .quote_span_only(),
             ),
             (Decoded::Text { id, display }, Some((raw, diags))) => {
                 diagnostics.extend(diags);
@@ -484,21 +518,36 @@ where
 /// One file's raw structs and the diagnostics its parse found.
 type Parsed = (parse::RawFile, Vec<Diagnostic>);
 
-/// A path's route files with their bytes, in name order for a directory.
-fn expand(
-    path: &Path,
-    sources: &mut SourceMap,
-    diagnostics: &mut Vec<Diagnostic>,
-) -> Vec<(String, Vec<u8>)> {
-    let mut io_error = |message: String, help: &str| {
-        let id = sources.add(path.display().to_string(), String::new());
-        diagnostics.push(Diagnostic::error("E007", Span::new(id, 0..0), message).help(help));
-    };
-    if path.is_dir() {
+/// Reads route files: only regular files, each at most [`MAX_FILE_BYTES`] and all together
+/// at most [`MAX_TOTAL_BYTES`], checked before opening (a FIFO would block, `/dev/zero`
+/// never ends) and again while reading (`/proc` files claim a size of 0); symlinks in a
+/// directory that lead out of it only with `follow_symlinks`. A path named on the command
+/// line is the operator's choice and is followed if it is a symlink.
+struct Reader<'a> {
+    options: LoadOptions,
+    total: u64,
+    sources: &'a mut SourceMap,
+    diagnostics: &'a mut Vec<Diagnostic>,
+}
+
+impl Reader<'_> {
+    fn error(&mut self, code: &'static str, path: &Path, message: String, help: &str) {
+        let id = self.sources.add(path.display().to_string(), String::new());
+        self.diagnostics
+            .push(Diagnostic::error(code, Span::new(id, 0..0), message).help(help));
+    }
+
+    /// A path's route files with their bytes, in name order for a directory.
+    fn expand(&mut self, path: &Path) -> Vec<(String, Vec<u8>)> {
+        if !path.is_dir() {
+            return self.read(path, None).into_iter().collect();
+        }
         let entries = match std::fs::read_dir(path) {
             Ok(entries) => entries,
             Err(err) => {
-                io_error(
+                self.error(
+                    "E007",
+                    path,
                     format!("cannot read directory `{}`: {err}", path.display()),
                     "check the path and its permissions",
                 );
@@ -508,11 +557,15 @@ fn expand(
         let mut names: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            // A directory named `*.toml` is not a route file; everything else is judged.
+            .filter(|p| !p.is_dir())
             .collect();
         names.sort();
         if names.is_empty() {
-            io_error(
+            self.error(
+                "E007",
+                path,
                 format!(
                     "directory `{}` holds no `*.toml` route files",
                     path.display()
@@ -522,34 +575,173 @@ fn expand(
         }
         names
             .into_iter()
-            .filter_map(|p| match std::fs::read(&p) {
-                Ok(bytes) => Some((p.display().to_string(), bytes)),
-                Err(err) => {
-                    let id = sources.add(p.display().to_string(), String::new());
-                    diagnostics.push(
-                        Diagnostic::error(
-                            "E007",
-                            Span::new(id, 0..0),
-                            format!("cannot read `{}`: {err}", p.display()),
-                        )
-                        .help("check the path and its permissions"),
-                    );
-                    None
-                }
-            })
+            .filter_map(|p| self.read(&p, Some(path)))
             .collect()
-    } else {
-        match std::fs::read(path) {
-            Ok(bytes) => vec![(path.display().to_string(), bytes)],
+    }
+
+    /// One file's bytes, or a diagnostic. `dir` is the route directory it was found in.
+    fn read(&mut self, path: &Path, dir: Option<&Path>) -> Option<(String, Vec<u8>)> {
+        let shown = path.display().to_string();
+        let cannot = |err: std::io::Error| format!("cannot read `{shown}`: {err}");
+        let link = match std::fs::symlink_metadata(path) {
+            Ok(meta) => meta,
             Err(err) => {
-                io_error(
-                    format!("cannot read `{}`: {err}", path.display()),
+                self.error(
+                    "E007",
+                    path,
+                    cannot(err),
                     "check the path and its permissions",
                 );
-                Vec::new()
+                return None;
+            }
+        };
+        let followed = link.file_type().is_symlink();
+        if followed {
+            if let Some(dir) = dir.filter(|_| !self.options.follow_symlinks) {
+                if !stays_inside(path, dir) {
+                    self.error(
+                        "E041",
+                        path,
+                        format!(
+                            "`{shown}` is a symlink that leads out of the route directory `{}`; not read",
+                            dir.display()
+                        ),
+                        "move the file into the directory, or pass `--follow-symlinks` to read it",
+                    );
+                    return None;
+                }
             }
         }
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(err) => {
+                self.error(
+                    "E007",
+                    path,
+                    cannot(err),
+                    "check the path and its permissions",
+                );
+                return None;
+            }
+        };
+        if !meta.file_type().is_file() {
+            self.error(
+                "E039",
+                path,
+                format!("`{shown}` is {}, not a regular file; not read", kind(&meta)),
+                "route files are regular files; name the file itself",
+            );
+            return None;
+        }
+        if let Some(message) = self.too_big(&shown, meta.len()) {
+            self.error("E040", path, message, TOO_BIG_HELP);
+            return None;
+        }
+        let bytes = match read_capped(path, followed, &meta, MAX_FILE_BYTES) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                let message = format!(
+                    "`{shown}` grew past {} MiB while being read; not read",
+                    MAX_FILE_BYTES >> 20
+                );
+                self.error("E040", path, message, TOO_BIG_HELP);
+                return None;
+            }
+            Err(err) => {
+                self.error(
+                    "E007",
+                    path,
+                    cannot(err),
+                    "check the path and its permissions",
+                );
+                return None;
+            }
+        };
+        if let Some(message) = self.too_big(&shown, bytes.len() as u64) {
+            self.error("E040", path, message, TOO_BIG_HELP);
+            return None;
+        }
+        self.total += bytes.len() as u64;
+        Some((shown, bytes))
     }
+
+    /// Why a file of `len` bytes is not read: beyond the per-file or the total cap.
+    fn too_big(&self, shown: &str, len: u64) -> Option<String> {
+        if len > MAX_FILE_BYTES {
+            return Some(format!(
+                "`{shown}` is {len} bytes, more than the {} MiB a route file may have; not read",
+                MAX_FILE_BYTES >> 20
+            ));
+        }
+        if self.total + len > MAX_TOTAL_BYTES {
+            return Some(format!(
+                "`{shown}` would bring the route files read to more than {} MiB; not read",
+                MAX_TOTAL_BYTES >> 20
+            ));
+        }
+        None
+    }
+}
+
+const TOO_BIG_HELP: &str =
+    "route files are small text files; check that the path names the right file";
+
+/// Whether a symlink in `dir` resolves to a file inside `dir` (both canonicalised).
+fn stays_inside(link: &Path, dir: &Path) -> bool {
+    match (std::fs::canonicalize(link), std::fs::canonicalize(dir)) {
+        (Ok(target), Ok(dir)) => target.starts_with(dir),
+        _ => false,
+    }
+}
+
+/// What a non-regular file is, for E039.
+fn kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// At most `cap` bytes of a regular file, or `None` when it holds more. Opened without
+/// blocking (a FIFO swapped in after the check returns at once) and, unless the path is a
+/// symlink we chose to follow, without following one; the open file must be the one that
+/// was checked.
+fn read_capped(
+    path: &Path,
+    followed: bool,
+    checked: &std::fs::Metadata,
+    cap: u64,
+) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
+    if !followed {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() || meta.dev() != checked.dev() || meta.ino() != checked.ino() {
+        return Err(std::io::Error::other(
+            "the file changed while it was opened",
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len().min(cap)).unwrap_or(0));
+    file.take(cap + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= cap).then_some(bytes))
 }
 
 #[cfg(test)]

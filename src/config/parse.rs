@@ -232,7 +232,8 @@ pub fn parse_file(file: FileId, text: &str, diags: &mut Vec<Diagnostic>) -> RawF
             diags.push(
                 Diagnostic::error("E001", Span::new(file, range), message)
                     .label(label)
-                    .help(help),
+                    .help(help)
+                    .quote_span_only(),
             );
             return RawFile::default();
         }

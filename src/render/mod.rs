@@ -182,13 +182,14 @@ pub fn is_nft_keyword(word: &str) -> bool {
     NFT_KEYWORDS.binary_search(&word).is_ok()
 }
 
-/// Makes free text safe inside an nft comment: no `"`, no `\\`, no control characters,
-/// at most 128 bytes (cut on a character boundary).
+/// Makes free text safe inside an nft comment: no `"`, no `\\`, no control characters
+/// (each becomes a space), no bidi controls or invisible separators (dropped: they would
+/// make the listing read other than it is), at most 128 bytes (cut on a character boundary).
 pub fn sanitize_comment(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(128));
     for c in text.chars() {
         let c = if c.is_control() { ' ' } else { c };
-        if c == '"' || c == '\\' {
+        if c == '"' || c == '\\' || crate::diag::is_bidi_or_invisible(c) {
             continue;
         }
         if out.len() + c.len_utf8() > 128 {
@@ -977,7 +978,16 @@ impl RouteView {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
+
+    #[test]
+    fn sanitize_comment_drops_bidi_and_invisible_characters() {
+        assert_eq!(
+            sanitize_comment("a\u{202e}b\u{200b}c\u{1b}d\u{2028}e\u{feff}\"f\\"),
+            "abc def"
+        );
+    }
 
     #[test]
     fn keywords_are_sorted_for_binary_search() {
