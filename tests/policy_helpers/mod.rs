@@ -360,3 +360,80 @@ pub fn have(cmd: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false)
 }
+
+/// A TCP echo server in a namespace: every connection gets back what it sends, and is
+/// closed once the client has shut down its side.
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+}
+
+impl EchoServer {
+    pub fn start(ns: &Netns, bind: &str) -> EchoServer {
+        let bind: SocketAddr = bind.parse().expect("socket address");
+        let listener = ns.run_in(move || {
+            std::net::TcpListener::bind(bind).expect("bind echo server in namespace")
+        });
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        std::thread::spawn(move || {
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                            let mut buf = [0u8; 4096];
+                            while let Ok(n) = s.read(&mut buf) {
+                                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        });
+        EchoServer { stop }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What one echo round trip (connect, one byte there and back, both sides closed) gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Echo {
+    Done,
+    /// Answered by a TCP reset.
+    Refused,
+    /// Anything else (timeout, wrong byte), with the error.
+    Failed(String),
+}
+
+/// Opens a connection from a socket created in `ns`, echoes one byte, shuts down the
+/// write side and reads until the server has closed too: the connection is finished on
+/// both ends before this returns. `timeout` bounds each step.
+pub fn echo_once(ns: &Netns, to: SocketAddr, timeout: Duration) -> Echo {
+    let res = ns.run_in(move || -> std::io::Result<Option<u8>> {
+        let mut s = TcpStream::connect_timeout(&to, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"x")?;
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte)?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut rest = [0u8; 16];
+        while s.read(&mut rest)? > 0 {}
+        Ok(Some(byte[0]))
+    });
+    match res {
+        Ok(Some(b'x')) => Echo::Done,
+        Ok(other) => Echo::Failed(format!("echoed {other:?}")),
+        Err(e) if is_reset(&e) => Echo::Refused,
+        Err(e) => Echo::Failed(e.to_string()),
+    }
+}
