@@ -212,26 +212,29 @@ fn max_connections_admits_strictly_sequential_connections() {
         let addr: std::net::SocketAddr = to.parse().expect("socket address");
         let (rounds, limit) = (300, Duration::from_secs(90));
         let start = Instant::now();
-        let (mut done, mut refused, mut slow) = (0, Vec::new(), 0);
-        for i in 0..rounds {
-            assert!(
-                start.elapsed() < limit,
-                "{to}: {done} of {rounds} rounds in {limit:?}"
-            );
-            let round = Instant::now();
-            // A dropped SYN is retried by the client after 1 s: allow 3 s per step.
-            match policy_helpers::echo_once(&t.client, addr, Duration::from_secs(3)) {
-                policy_helpers::Echo::Done => done += 1,
-                policy_helpers::Echo::Refused => refused.push(i),
-                policy_helpers::Echo::Failed(e) => panic!("{to}: round {i}: {e}"),
-            }
-            slow += usize::from(round.elapsed() > Duration::from_millis(500));
+        // A dropped SYN is retried by the client after 1 s: allow 3 s per step.
+        let out =
+            policy_helpers::echo_rounds(&t.client, addr, rounds, Duration::from_secs(3), limit);
+        let elapsed = start.elapsed();
+        if let Some((policy_helpers::Echo::Failed(e), _)) = out.last() {
+            panic!("{to}: round {}: {e}", out.len());
         }
+        let refused: Vec<usize> = (0..out.len())
+            .filter(|&i| out[i].0 == policy_helpers::Echo::Refused)
+            .collect();
+        let done = out
+            .iter()
+            .filter(|(e, _)| *e == policy_helpers::Echo::Done)
+            .count();
+        let slow = out
+            .iter()
+            .filter(|(_, d)| *d > Duration::from_millis(500))
+            .count();
         eprintln!(
             "{to}: {done}/{rounds} sequential rounds admitted, {} refused, {slow} waited for a \
              SYN retransmission, {:.2} s",
             refused.len(),
-            start.elapsed().as_secs_f64()
+            elapsed.as_secs_f64()
         );
         assert!(
             refused.is_empty(),

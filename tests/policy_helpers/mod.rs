@@ -391,7 +391,8 @@ impl EchoServer {
                             }
                         });
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                    // Short: a sequential client waits for every accept.
+                    Err(_) => std::thread::sleep(Duration::from_micros(50)),
                 }
             }
         });
@@ -415,11 +416,12 @@ pub enum Echo {
     Failed(String),
 }
 
-/// Opens a connection from a socket created in `ns`, echoes one byte, shuts down the
-/// write side and reads until the server has closed too: the connection is finished on
-/// both ends before this returns. `timeout` bounds each step.
-pub fn echo_once(ns: &Netns, to: SocketAddr, timeout: Duration) -> Echo {
-    let res = ns.run_in(move || -> std::io::Result<Option<u8>> {
+/// Opens a connection, echoes one byte, shuts down the write side and reads until the
+/// server has closed too: the connection is finished on both ends before this returns.
+/// `timeout` bounds each step. Runs on the calling thread, which must be in the client's
+/// namespace (see [`Netns::run_in`]); [`echo_rounds`] runs many back to back.
+pub fn echo_here(to: SocketAddr, timeout: Duration) -> Echo {
+    let round = || -> std::io::Result<u8> {
         let mut s = TcpStream::connect_timeout(&to, timeout)?;
         s.set_read_timeout(Some(timeout))?;
         s.write_all(b"x")?;
@@ -428,12 +430,38 @@ pub fn echo_once(ns: &Netns, to: SocketAddr, timeout: Duration) -> Echo {
         s.shutdown(std::net::Shutdown::Write)?;
         let mut rest = [0u8; 16];
         while s.read(&mut rest)? > 0 {}
-        Ok(Some(byte[0]))
-    });
-    match res {
-        Ok(Some(b'x')) => Echo::Done,
-        Ok(other) => Echo::Failed(format!("echoed {other:?}")),
+        Ok(byte[0])
+    };
+    match round() {
+        Ok(b'x') => Echo::Done,
+        Ok(other) => Echo::Failed(format!("echoed {other:#x}")),
         Err(e) if is_reset(&e) => Echo::Refused,
         Err(e) => Echo::Failed(e.to_string()),
     }
+}
+
+/// `rounds` strictly sequential [`echo_here`] rounds from `ns` on one thread (no thread
+/// or namespace switch between them, so they come as fast as the path allows), stopping
+/// at the first failure or after `limit`: each round's outcome and duration.
+pub fn echo_rounds(
+    ns: &Netns,
+    to: SocketAddr,
+    rounds: usize,
+    timeout: Duration,
+    limit: Duration,
+) -> Vec<(Echo, Duration)> {
+    ns.run_in(move || {
+        let start = Instant::now();
+        let mut out = Vec::with_capacity(rounds);
+        while out.len() < rounds && start.elapsed() < limit {
+            let t = Instant::now();
+            let e = echo_here(to, timeout);
+            let failed = matches!(e, Echo::Failed(_));
+            out.push((e, t.elapsed()));
+            if failed {
+                break;
+            }
+        }
+        out
+    })
 }
