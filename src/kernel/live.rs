@@ -462,6 +462,7 @@ mod tests {
         assert_eq!(owner("chain", "f_ip").as_deref(), Some("ip"));
         assert_eq!(owner("chain", "filter_forward"), None);
         assert_eq!(owner("set", "rate6_x-y").as_deref(), Some("x-y"));
+        assert_eq!(owner("set", "closed4_x-y").as_deref(), Some("x-y"));
         assert_eq!(owner("counter", "c_web").as_deref(), Some("web"));
     }
 }
