@@ -312,6 +312,14 @@ fn the_fixtures_exercise_every_feature() {
         ),
         ("ct count", "ct count over 50 }"),
         (
+            "recently-closed set of a connection limit",
+            "flags dynamic,timeout\n\t\ttimeout 1s\n",
+        ),
+        (
+            "stale ct count dropped, not refused",
+            "ct count over 50 } drop",
+        ),
+        (
             "rate-limit dynamic set",
             "update @rate6_named { ip6 saddr limit rate over 10/minute",
         ),

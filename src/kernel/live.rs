@@ -148,7 +148,8 @@ pub fn owner(kind: &str, name: &str) -> Option<String> {
     match kind {
         "counter" => name.strip_prefix("c_").map(str::to_owned),
         "set" => [
-            "allow4_", "allow6_", "block4_", "block6_", "conn4_", "conn6_", "rate4_", "rate6_",
+            "allow4_", "allow6_", "block4_", "block6_", "conn4_", "conn6_", "closed4_", "closed6_",
+            "rate4_", "rate6_",
         ]
         .iter()
         .find_map(|p| name.strip_prefix(p))
@@ -461,6 +462,7 @@ mod tests {
         assert_eq!(owner("chain", "f_ip").as_deref(), Some("ip"));
         assert_eq!(owner("chain", "filter_forward"), None);
         assert_eq!(owner("set", "rate6_x-y").as_deref(), Some("x-y"));
+        assert_eq!(owner("set", "closed4_x-y").as_deref(), Some("x-y"));
         assert_eq!(owner("counter", "c_web").as_deref(), Some("web"));
     }
 }

@@ -28,8 +28,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use nftables::expr::{
-    BinaryOperation, Expression, Fib, FibFlag, FibResult, JHash, Map as MapExpr, Meta, MetaKey,
-    NamedExpression, NgMode, Numgen, Payload, PayloadField, Prefix, Range, SetItem, Verdict, CT,
+    BinaryOperation, CTDir, Expression, Fib, FibFlag, FibResult, JHash, Map as MapExpr, Meta,
+    MetaKey, NamedExpression, NgMode, Numgen, Payload, PayloadField, Prefix, Range, SetItem,
+    Verdict, CT,
 };
 use nftables::schema::{
     Chain, Counter, Map, NfCmd, NfListObject, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
@@ -44,7 +45,7 @@ use serde_json::{json, Value};
 
 use super::{
     byte_burst, fam_ip, fam_n, fam_nfproto, hex, net_text, rate_timeout, refuses, set_name, slots,
-    RenderError,
+    RenderError, CLOSED_TIMEOUT,
 };
 use crate::config::{ByteRate, PortRange, Rate, L4};
 use crate::model::{Family, KernelAction, KernelPort, KernelRoute, KernelTarget, Model, Snat};
@@ -550,16 +551,52 @@ impl<'m> Document<'m> {
                 filter = filter.rule(vec![direction("original"), refuse, goto(&refusal)]);
             }
             if let Some(max) = r.max_connections {
+                // See `CLOSED_TIMEOUT`: an over-limit count is refused only from a source
+                // that closed nothing lately; otherwise the SYN is dropped and counted
+                // again on its retransmission.
                 let name = set_name("conn", f, &r.name);
                 self.set(&name, f, SetKind::Dynamic { timeout: None })?;
-                let count = Statement::CTCount(stmt::CTCount {
-                    val: num(max),
-                    inv: Some(true),
-                });
+                let closed = set_name("closed", f, &r.name);
+                let timeout = Some(small(CLOSED_TIMEOUT, "timeout")?);
+                self.set(&closed, f, SetKind::Dynamic { timeout })?;
+                let count = || {
+                    Statement::CTCount(stmt::CTCount {
+                        val: num(max),
+                        inv: Some(true),
+                    })
+                };
+                // `ct original ip saddr`: nft 1.0.6 reads `"family": "ip"` beside `"key":
+                // "saddr"` into a rule that it then cannot list (an assertion in
+                // `netlink_parse_concat_key`); the key with the family in it is what it
+                // lists itself.
+                let original_saddr = Expression::Named(NamedExpression::CT(CT {
+                    key: Cow::Owned(format!("{} saddr", fam_ip(f))),
+                    family: None,
+                    dir: Some(CTDir::Original),
+                }));
+                filter = filter.rule(vec![
+                    matches(ct("state"), Operator::IN, text("established")),
+                    nfproto(f),
+                    matches(
+                        payload("tcp", "flags"),
+                        Operator::IN,
+                        Expression::List(vec![text("fin"), text("rst")]),
+                    ),
+                    Statement::Set(set_stmt(SetOp::Update, original_saddr, &closed)).into(),
+                ]);
+                let in_closed = |op| matches(saddr(), op, text(format!("@{closed}")));
                 filter = filter.rule(vec![
                     ct_state_new(),
                     nfproto(f),
-                    Stmt::SetWith(set_stmt(SetOp::Add, saddr(), &name), count),
+                    in_closed(Operator::EQ),
+                    Stmt::SetWith(set_stmt(SetOp::Add, saddr(), &name), count()),
+                    drop_it(),
+                ]);
+                filter = filter.rule(vec![
+                    ct_state_new(),
+                    nfproto(f),
+                    in_closed(Operator::NEQ),
+                    Stmt::SetWith(set_stmt(SetOp::Add, saddr(), &name), count()),
                     goto(&refusal),
                 ]);
             }

@@ -451,6 +451,9 @@ struct FilterView {
     block: Option<String>,
     allow: Option<String>,
     conn: Option<String>,
+    /// The set of sources that closed a connection of the route within the last
+    /// [`CLOSED_TIMEOUT`] seconds (with `conn`).
+    closed: Option<String>,
     rate: Option<String>,
 }
 
@@ -550,6 +553,7 @@ template_object!(FilterView {
     block,
     allow,
     conn,
+    closed,
     rate
 });
 
@@ -656,6 +660,21 @@ pub(crate) fn byte_burst(r: &ByteRate) -> u64 {
     };
     MIN_BYTE_BUCKET.saturating_sub(r.amount.saturating_mul(unit_bytes))
 }
+
+/// How long (seconds) a source stays in `closed4_<route>` / `closed6_<route>` after a
+/// connection of the route from it closed (a FIN or RST seen in either direction).
+///
+/// `max_connections` is `ct count`, whose per-source list forgets finished connections
+/// only when it is garbage-collected, and the kernel does that at most once per jiffy
+/// (4 ms at HZ=250): every connection opened after the first in the same jiffy is counted,
+/// closed or not (300 strictly sequential connections at a limit of 5: 245-270 refused).
+/// So an over-limit count is trusted only from a source that closed nothing in the last
+/// second: it is refused with a reset. From one that did, the count may still hold
+/// connections that are gone: the SYN is dropped, and its retransmission (1 s later) is
+/// counted again. A source never gets more than the limit; a client opening and closing
+/// connections one at a time is never refused (at worst it waits for a retransmission).
+/// JSON set timeouts are whole seconds on nft 1.0.6, so this is one.
+pub(crate) const CLOSED_TIMEOUT: u64 = 1;
 
 /// Dynamic sets forget a source after twice the rate period, at least a minute.
 pub(crate) fn rate_timeout(r: &Rate) -> u64 {
@@ -905,6 +924,17 @@ impl RouteView {
                 });
                 name
             });
+            let closed = r.max_connections.map(|_| {
+                let name = set_name("closed", f, &r.name);
+                sets.push(SetView {
+                    name: name.clone(),
+                    kind: fam_addr_type(f),
+                    dynamic: true,
+                    timeout: Some(CLOSED_TIMEOUT),
+                    elements: String::new(),
+                });
+                name
+            });
             let rate = r.rate_limit.as_ref().map(|rl| {
                 let name = set_name("rate", f, &r.name);
                 sets.push(SetView {
@@ -922,6 +952,7 @@ impl RouteView {
                 block,
                 allow,
                 conn,
+                closed,
                 rate,
             });
         }

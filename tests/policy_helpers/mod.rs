@@ -360,3 +360,108 @@ pub fn have(cmd: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false)
 }
+
+/// A TCP echo server in a namespace: every connection gets back what it sends, and is
+/// closed once the client has shut down its side.
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+}
+
+impl EchoServer {
+    pub fn start(ns: &Netns, bind: &str) -> EchoServer {
+        let bind: SocketAddr = bind.parse().expect("socket address");
+        let listener = ns.run_in(move || {
+            std::net::TcpListener::bind(bind).expect("bind echo server in namespace")
+        });
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        std::thread::spawn(move || {
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                            let mut buf = [0u8; 4096];
+                            while let Ok(n) = s.read(&mut buf) {
+                                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    // Short: a sequential client waits for every accept.
+                    Err(_) => std::thread::sleep(Duration::from_micros(50)),
+                }
+            }
+        });
+        EchoServer { stop }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What one echo round trip (connect, one byte there and back, both sides closed) gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Echo {
+    Done,
+    /// Answered by a TCP reset.
+    Refused,
+    /// Anything else (timeout, wrong byte), with the error.
+    Failed(String),
+}
+
+/// Opens a connection, echoes one byte, shuts down the write side and reads until the
+/// server has closed too: the connection is finished on both ends before this returns.
+/// `timeout` bounds each step. Runs on the calling thread, which must be in the client's
+/// namespace (see [`Netns::run_in`]); [`echo_rounds`] runs many back to back.
+pub fn echo_here(to: SocketAddr, timeout: Duration) -> Echo {
+    let round = || -> std::io::Result<u8> {
+        let mut s = TcpStream::connect_timeout(&to, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"x")?;
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte)?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut rest = [0u8; 16];
+        while s.read(&mut rest)? > 0 {}
+        Ok(byte[0])
+    };
+    match round() {
+        Ok(b'x') => Echo::Done,
+        Ok(other) => Echo::Failed(format!("echoed {other:#x}")),
+        Err(e) if is_reset(&e) => Echo::Refused,
+        Err(e) => Echo::Failed(e.to_string()),
+    }
+}
+
+/// `rounds` strictly sequential [`echo_here`] rounds from `ns` on one thread (no thread
+/// or namespace switch between them, so they come as fast as the path allows), stopping
+/// at the first failure or after `limit`: each round's outcome and duration.
+pub fn echo_rounds(
+    ns: &Netns,
+    to: SocketAddr,
+    rounds: usize,
+    timeout: Duration,
+    limit: Duration,
+) -> Vec<(Echo, Duration)> {
+    ns.run_in(move || {
+        let start = Instant::now();
+        let mut out = Vec::with_capacity(rounds);
+        while out.len() < rounds && start.elapsed() < limit {
+            let t = Instant::now();
+            let e = echo_here(to, timeout);
+            let failed = matches!(e, Echo::Failed(_));
+            out.push((e, t.elapsed()));
+            if failed {
+                break;
+            }
+        }
+        out
+    })
+}
