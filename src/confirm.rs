@@ -447,9 +447,8 @@ fn restore(kernel: &dyn Kernel, table: &str, held: &Held) -> Result<(), String> 
     };
     // The scripts come from state files: each must touch only our table before it runs.
     let guarded = |script: &str| -> Result<(), String> {
-        crate::nft::guard::check(script, table).map_err(|e| {
-            format!("the rollback script of table inet {table} was refused: {e}")
-        })?;
+        crate::nft::guard::check(script, table)
+            .map_err(|e| format!("the rollback script of table inet {table} was refused: {e}"))?;
         kernel.run(script).map_err(|e| e.to_string())
     };
     let quick = r
