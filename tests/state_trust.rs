@@ -544,3 +544,67 @@ fn the_guard_accepts_what_we_render_and_what_nft_lists_back_and_nothing_more() {
         assert!(guard::check(&foreign, "smartproxy").is_err());
     }
 }
+
+/// ENOSPC half-way through a write (a 16 KiB tmpfs in a private mount namespace, so the
+/// host sees nothing): `compile -o` fails naming the file, and neither the target nor a
+/// temp file is left behind; with room, the same command writes the file.
+#[test]
+fn a_write_that_runs_out_of_space_leaves_no_temp_file() {
+    if !common::netns_available("a_write_that_runs_out_of_space_leaves_no_temp_file") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes_file = dir.path().join("r.toml");
+    let many: Vec<(String, u16)> = (0..200).map(|i| (format!("r{i}"), 2000 + i)).collect();
+    let list: Vec<(&str, u16)> = many.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+    std::fs::write(&routes_file, routes(&list)).expect("routes");
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).expect("mount point");
+    let script = r#"mount -t tmpfs -o size=16k tmpfs "$1" || exit 99
+"$2" compile "$3" -o "$1/out.nft"; echo "rc=$?"
+ls -A "$1"; echo end"#;
+    let run = |routes: &Path| {
+        Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                script,
+                "sh",
+            ])
+            .args([s(&small), env!("CARGO_BIN_EXE_smartproxy"), s(routes)])
+            .output()
+            .expect("unshare runs")
+    };
+    let o = run(&routes_file);
+    let out = stdout(&o);
+    assert!(
+        out.contains("rc=1"),
+        "compile into a full disk fails: {}",
+        show(&o)
+    );
+    let listed: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("rc="))
+        .skip(1)
+        .take_while(|l| *l != "end")
+        .collect();
+    assert!(
+        listed.is_empty(),
+        "nothing left on the full disk: {listed:?}"
+    );
+    assert!(
+        stderr(&o).contains("out.nft") && stderr(&o).contains("No space left"),
+        "the error names the file and the cause: {}",
+        show(&o)
+    );
+    // The same file system takes a small script: the failure above was the space.
+    let one = dir.path().join("one.toml");
+    std::fs::write(&one, routes(&[("web", 80)])).expect("routes");
+    let o = run(&one);
+    assert!(stdout(&o).contains("rc=0"), "{}", show(&o));
+    assert!(stdout(&o).contains("out.nft"), "{}", show(&o));
+}
