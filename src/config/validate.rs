@@ -126,7 +126,8 @@ fn table_name_problem(name: &str) -> String {
     } else if name.contains('-') && name_syntax_ok(name) {
         "`-` is not allowed in a table name".to_owned()
     } else {
-        name_problem(name)
+        // The route-name wording, less the `-` a table name may not hold.
+        name_problem(name).replace("digits, `_`, `-`)", "digits, `_`)")
     }
 }
 
