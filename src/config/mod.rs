@@ -579,22 +579,28 @@ impl Reader<'_> {
             .collect()
     }
 
+    /// The metadata of `path`, or an E007 diagnostic.
+    fn stat(
+        &mut self,
+        path: &Path,
+        meta: std::io::Result<std::fs::Metadata>,
+    ) -> Option<std::fs::Metadata> {
+        meta.map_err(|err| {
+            self.error(
+                "E007",
+                path,
+                format!("cannot read `{}`: {err}", path.display()),
+                "check the path and its permissions",
+            );
+        })
+        .ok()
+    }
+
     /// One file's bytes, or a diagnostic. `dir` is the route directory it was found in.
     fn read(&mut self, path: &Path, dir: Option<&Path>) -> Option<(String, Vec<u8>)> {
         let shown = path.display().to_string();
         let cannot = |err: std::io::Error| format!("cannot read `{shown}`: {err}");
-        let link = match std::fs::symlink_metadata(path) {
-            Ok(meta) => meta,
-            Err(err) => {
-                self.error(
-                    "E007",
-                    path,
-                    cannot(err),
-                    "check the path and its permissions",
-                );
-                return None;
-            }
-        };
+        let link = self.stat(path, std::fs::symlink_metadata(path))?;
         let followed = link.file_type().is_symlink();
         if followed {
             if let Some(dir) = dir.filter(|_| !self.options.follow_symlinks) {
@@ -612,18 +618,7 @@ impl Reader<'_> {
                 }
             }
         }
-        let meta = match std::fs::metadata(path) {
-            Ok(meta) => meta,
-            Err(err) => {
-                self.error(
-                    "E007",
-                    path,
-                    cannot(err),
-                    "check the path and its permissions",
-                );
-                return None;
-            }
-        };
+        let meta = self.stat(path, std::fs::metadata(path))?;
         if !meta.file_type().is_file() {
             self.error(
                 "E039",
