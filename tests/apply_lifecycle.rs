@@ -14,70 +14,16 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::cli::{code, our_table, route, s, show, sp, sp_cmd, stderr, stdout};
 use common::topo::{self, Server, Topology};
 
 // ---------------------------------------------------------------- helpers
-
-/// Runs smartproxy in the gateway with the topology's state directory, no SSH session, an
-/// empty boot configuration (the host's own must not leak into the warnings), plus `env`.
-fn sp(t: &Topology, args: &[&str], env: &[(&str, &str)]) -> Output {
-    sp_cmd(t, args, env)
-        .stdin(Stdio::null())
-        .output()
-        .expect("smartproxy runs")
-}
-
-fn sp_cmd(t: &Topology, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
-        &t.gateway.name,
-        env!("CARGO_BIN_EXE_smartproxy"),
-    ])
-    .args(args)
-    .env("SMARTPROXY_STATE_DIR", t.state.path())
-    .env("NO_COLOR", "1")
-    .env("SMARTPROXY_BOOT_CONF", "/dev/null")
-    .env_remove("SSH_CONNECTION")
-    .env_remove("SMARTPROXY_NFT")
-    .current_dir(common::repo());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {}\n--- stdout\n{}\n--- stderr\n{}",
-        code(o),
-        stdout(o),
-        stderr(o)
-    )
-}
 
 /// Writes a route file into the topology's state directory.
 fn write_routes(t: &Topology, name: &str, text: &str) -> PathBuf {
     let p = t.state.path().join(name);
     std::fs::write(&p, text).expect("write routes");
     p
-}
-
-fn s(p: &std::path::Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 fn apply_ok(t: &Topology, file: &std::path::Path) -> Output {
@@ -95,22 +41,6 @@ fn listing(t: &Topology, what: &[&str]) -> String {
 
 fn ruleset(t: &Topology) -> String {
     listing(t, &["ruleset"])
-}
-
-fn our_table(t: &Topology) -> Option<String> {
-    let out = t
-        .gateway
-        .nft(&["-s", "list", "table", "inet", "smartproxy"], None);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// One route forwarding `port` to `target` (tcp).
-fn route(name: &str, port: u32, target: &str, target_port: u32) -> String {
-    format!(
-        "\n[[routes]]\nname = \"{name}\"\n[routes.match]\nports = {port}\n[routes.action]\ntargets = [{{ host = \"{target}\", port = {target_port} }}]\n"
-    )
 }
 
 /// `n` routes `r00001..`, route i on port `base + i` to backend 1 port 9090.

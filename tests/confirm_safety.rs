@@ -5,73 +5,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::cli::{code, our_table, route, s, show, sp, stderr, stdout};
 use common::topo::{self, Topology};
 
 /// What status, plan and apply say once the watchdog is gone.
 const NOTICE: &str = "pending confirm for table inet smartproxy, watchdog not running: run `smartproxy confirm` to keep or `smartproxy rollback` to restore";
-
-/// Runs smartproxy in the gateway with the topology's state directory and no boot
-/// configuration or SSH session (their warnings are not under test).
-fn sp(t: &Topology, args: &[&str]) -> Output {
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.gateway.name,
-            env!("CARGO_BIN_EXE_smartproxy"),
-        ])
-        .args(args)
-        .env("SMARTPROXY_STATE_DIR", t.state.path())
-        .env("NO_COLOR", "1")
-        .env("SMARTPROXY_BOOT_CONF", "/dev/null")
-        .env_remove("SSH_CONNECTION")
-        .env_remove("SMARTPROXY_NFT")
-        .current_dir(common::repo())
-        .stdin(Stdio::null())
-        .output()
-        .expect("smartproxy runs")
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {}\n--- stdout\n{}\n--- stderr\n{}",
-        code(o),
-        String::from_utf8_lossy(&o.stdout),
-        stderr(o)
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// `nft -s list table inet smartproxy` in the gateway; `None` when there is no table.
-fn our_table(t: &Topology) -> Option<String> {
-    let out = t
-        .gateway
-        .nft(&["-s", "list", "table", "inet", "smartproxy"], None);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn route(name: &str, port: u32, target: &str) -> String {
-    format!(
-        "\n[[routes]]\nname = \"{name}\"\n[routes.match]\nports = {port}\n[routes.action]\ntargets = [{{ host = \"{target}\", port = 9090 }}]\n"
-    )
-}
 
 /// Route files outside the state directory (one test deletes that): one route, two routes.
 struct Files {
@@ -82,8 +24,8 @@ struct Files {
 
 fn files() -> Files {
     let dir = tempfile::tempdir().expect("tempdir");
-    let one = route("web", 80, topo::B1_4);
-    let two = format!("{one}{}", route("api", 81, topo::B2_4));
+    let one = route("web", 80, topo::B1_4, 9090);
+    let two = format!("{one}{}", route("api", 81, topo::B2_4, 9090));
     let write = |name: &str, text: &str| {
         let p = dir.path().join(name);
         std::fs::write(&p, text).expect("write routes");
@@ -99,13 +41,13 @@ fn files() -> Files {
 fn apply_ok(t: &Topology, args: &[&str]) {
     let mut all = vec!["apply", "--auto-approve"];
     all.extend_from_slice(args);
-    let o = sp(t, &all);
+    let o = sp(t, &all, &[]);
     assert_eq!(code(&o), 0, "apply {args:?}:\n{}", show(&o));
 }
 
 /// `status --format json`'s `pending_confirm` (JSON null when none), and status's stderr.
 fn pending(t: &Topology) -> (serde_json::Value, String) {
-    let o = sp(t, &["status", "--format", "json"]);
+    let o = sp(t, &["status", "--format", "json"], &[]);
     assert_eq!(code(&o), 0, "{}", show(&o));
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status JSON");
     (json["pending_confirm"].clone(), stderr(&o))
@@ -149,15 +91,11 @@ fn apply_then_kill_the_watchdog(t: &Topology, f: &Files) -> (String, String) {
     assert_eq!(p["watchdog_running"], false, "{p}");
     assert_eq!(p["notice"], NOTICE, "{p}");
     assert!(err.contains(NOTICE), "status:\n{err}");
-    let o = sp(t, &["plan", s(&f.one)]);
+    let o = sp(t, &["plan", s(&f.one)], &[]);
     assert_eq!(code(&o), 0, "plan still plans:\n{}", show(&o));
     assert!(stderr(&o).contains(NOTICE), "plan:\n{}", show(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("api"),
-        "{}",
-        show(&o)
-    );
-    let o = sp(t, &["apply", "--auto-approve", s(&f.one)]);
+    assert!(stdout(&o).contains("api"), "{}", show(&o));
+    let o = sp(t, &["apply", "--auto-approve", s(&f.one)], &[]);
     assert_eq!(code(&o), 1, "apply is refused:\n{}", show(&o));
     assert!(stderr(&o).contains(NOTICE), "apply:\n{}", show(&o));
     assert!(stderr(&o).contains("nothing was applied"), "{}", show(&o));
@@ -176,17 +114,17 @@ fn a_killed_watchdog_is_reported_and_rollback_restores_the_previous_table() {
     let f = files();
     let (before, _) = apply_then_kill_the_watchdog(&t, &f);
 
-    let o = sp(&t, &["rollback"]);
+    let o = sp(&t, &["rollback"], &[]);
     assert_eq!(code(&o), 0, "{}", show(&o));
     assert_eq!(
         our_table(&t).as_deref(),
         Some(before.as_str()),
         "exactly as before"
     );
-    let o = sp(&t, &["rollback"]);
+    let o = sp(&t, &["rollback"], &[]);
     assert_eq!(code(&o), 1, "nothing left to roll back:\n{}", show(&o));
     assert!(stderr(&o).contains("nothing to roll back"), "{}", show(&o));
-    let o = sp(&t, &["confirm"]);
+    let o = sp(&t, &["confirm"], &[]);
     assert_eq!(code(&o), 1, "{}", show(&o));
     assert!(
         stderr(&o).contains("table inet smartproxy was rolled back by `smartproxy rollback`"),
@@ -197,7 +135,7 @@ fn a_killed_watchdog_is_reported_and_rollback_restores_the_previous_table() {
     assert!(p.is_null(), "{p}");
     assert!(!err.contains("pending confirm"), "{err}");
     // The applied record went back too: no drift, nothing to do.
-    let o = sp(&t, &["plan", "--detailed-exitcode", s(&f.one)]);
+    let o = sp(&t, &["plan", "--detailed-exitcode", s(&f.one)], &[]);
     assert_eq!(code(&o), 0, "{}", show(&o));
     assert!(!stderr(&o).contains("pending confirm"), "{}", show(&o));
 }
@@ -211,12 +149,12 @@ fn a_killed_watchdog_can_still_be_confirmed() {
     let f = files();
     let (before, applied) = apply_then_kill_the_watchdog(&t, &f);
 
-    let o = sp(&t, &["confirm"]);
+    let o = sp(&t, &["confirm"], &[]);
     assert_eq!(code(&o), 0, "{}", show(&o));
     assert_eq!(our_table(&t).as_deref(), Some(applied.as_str()), "kept");
     let (p, _) = pending(&t);
     assert!(p.is_null(), "{p}");
-    let o = sp(&t, &["rollback"]);
+    let o = sp(&t, &["rollback"], &[]);
     assert_eq!(code(&o), 1, "nothing pending:\n{}", show(&o));
     assert_eq!(our_table(&t).as_deref(), Some(applied.as_str()), "kept");
     // Later applies work again.
@@ -247,7 +185,7 @@ fn deleting_the_state_directory_still_rolls_back_at_the_deadline() {
     );
     let (p, _) = pending(&t);
     assert_eq!(p["watchdog_running"], true, "{p}");
-    let o = sp(&t, &["apply", "--auto-approve", s(&f.one)]);
+    let o = sp(&t, &["apply", "--auto-approve", s(&f.one)], &[]);
     assert_eq!(code(&o), 1, "{}", show(&o));
     assert!(
         our_table(&t).is_some_and(|x| x.contains("f_api")),
@@ -262,9 +200,9 @@ fn deleting_the_state_directory_still_rolls_back_at_the_deadline() {
         our_table(&t)
     );
     assert!(at.elapsed() >= Duration::from_secs(4), "{:?}", at.elapsed());
-    let o = sp(&t, &["confirm"]);
+    let o = sp(&t, &["confirm"], &[]);
     assert_eq!(code(&o), 1, "too late:\n{}", show(&o));
-    let o = sp(&t, &["plan", "--detailed-exitcode", s(&f.one)]);
+    let o = sp(&t, &["plan", "--detailed-exitcode", s(&f.one)], &[]);
     assert_eq!(code(&o), 0, "{}", show(&o));
 }
 
@@ -285,6 +223,7 @@ fn a_confirm_timeout_under_five_seconds_is_a_usage_error() {
                 secs,
                 s(&f.one),
             ],
+            &[],
         );
         assert_eq!(code(&o), 1, "{secs}:\n{}", show(&o));
         assert!(stderr(&o).contains("at least 5"), "{}", show(&o));
@@ -293,6 +232,6 @@ fn a_confirm_timeout_under_five_seconds_is_a_usage_error() {
     }
     apply_ok(&t, &["--confirm-timeout", "5", s(&f.one)]);
     assert!(our_table(&t).is_some(), "5 is accepted");
-    let o = sp(&t, &["confirm"]);
+    let o = sp(&t, &["confirm"], &[]);
     assert_eq!(code(&o), 0, "{}", show(&o));
 }

@@ -84,15 +84,21 @@ fn route(text: &mut String, name: &str, extra: &str) {
 
 // ---- bounded diagnostics ------------------------------------------------------------
 
-/// The JSON report lists every diagnostic; the last of 5,000 routes counts 4,998 others.
-#[test]
-fn the_json_report_of_five_thousand_routes_is_complete() {
+/// A directory with `routes.toml`: 5,000 kernel routes `r0..` all on port 443.
+fn five_thousand_routes_on_port_443() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut text = String::from("[settings]\nct_mark_mask = \"0xffff0000\"\n");
     for i in 0..5000 {
         route(&mut text, &format!("r{i}"), "");
     }
     std::fs::write(dir.path().join("routes.toml"), text).expect("write");
+    dir
+}
+
+/// The JSON report lists every diagnostic; the last of 5,000 routes counts 4,998 others.
+#[test]
+fn the_json_report_of_five_thousand_routes_is_complete() {
+    let dir = five_thousand_routes_on_port_443();
     let run = smartproxy(dir.path(), &["check", "--format", "json", "routes.toml"]);
     assert_eq!(run.code, Some(1));
     assert!(run.elapsed < FAST, "took {:?}", run.elapsed);
@@ -110,12 +116,7 @@ fn the_json_report_of_five_thousand_routes_is_complete() {
 /// 5,000 kernel routes on one port gave 12.5 million conflict errors (8.9 GB).
 #[test]
 fn five_thousand_routes_on_one_port_are_reported_fast_and_short() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut text = String::from("[settings]\nct_mark_mask = \"0xffff0000\"\n");
-    for i in 0..5000 {
-        route(&mut text, &format!("r{i}"), "");
-    }
-    std::fs::write(dir.path().join("routes.toml"), text).expect("write");
+    let dir = five_thousand_routes_on_port_443();
     let run = smartproxy(dir.path(), &["check", "routes.toml"]);
     let out = run.text();
     assert_eq!(run.code, Some(1), "{}", &out[..out.len().min(2000)]);

@@ -16,9 +16,10 @@ mod common;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::cli::{self, s, show, Serve};
 use common::Netns;
 
 const TABLE: &str = "ka";
@@ -72,36 +73,13 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     p
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// `smartproxy ARGS` in `ns` with state in `state` (no wrapper `ip` process left between
-/// us and smartproxy: `ip netns exec` execs it, so the child's pid is smartproxy's).
+/// `smartproxy ARGS` in `ns` with state in `state`, with `nft` as its nft (None: the one on
+/// PATH) and no pause before the commit.
 fn sp_cmd(ns: &Netns, state: &Path, args: &[&str], nft: Option<&Path>) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_smartproxy")])
-        .args(args)
-        .env("SMARTPROXY_STATE_DIR", state)
-        .env("SMARTPROXY_BOOT_CONF", "/dev/null")
-        .env("NO_COLOR", "1")
-        .env_remove("SSH_CONNECTION")
-        .env_remove("SMARTPROXY_TEST_PAUSE_BEFORE_COMMIT_MS")
-        .env_remove("SMARTPROXY_NFT")
-        .stdin(Stdio::null());
-    if let Some(nft) = nft {
-        cmd.env("SMARTPROXY_NFT", nft);
-    }
+    let nft = nft.map(|p| ("SMARTPROXY_NFT", s(p)));
+    let mut cmd = cli::sp_cmd_in(ns, state, args, nft.as_slice());
+    cmd.env_remove("SMARTPROXY_TEST_PAUSE_BEFORE_COMMIT_MS");
     cmd
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn apply_ok(ns: &Netns, state: &Path, routes: &Path) {
@@ -403,16 +381,11 @@ fn a_hung_nft_times_out_names_the_command_and_frees_the_lock() {
     assert!(o.status.success(), "plan after the timeout:\n{}", show(&o));
 }
 
-/// A serve process whose nft hangs once `marker` exists.
-struct Serve {
-    child: Child,
-    log: PathBuf,
-}
-
 impl Serve {
+    /// Starts serve with `nft` as its nft (one that hangs once a marker exists); waits
+    /// until it serves.
     fn start(ns: &Netns, state: &Path, routes: &Path, nft: &Path) -> Serve {
-        let log = routes.with_extension("log");
-        let child = sp_cmd(
+        let cmd = sp_cmd(
             ns,
             state,
             &[
@@ -426,27 +399,11 @@ impl Serve {
                 "1",
             ],
             Some(nft),
-        )
-        .stdout(Stdio::null())
-        .stderr(File::create(&log).expect("log file"))
-        .spawn()
-        .expect("serve starts");
-        let serve = Serve { child, log };
+        );
+        let serve = Serve::from_command(cmd, routes.with_extension("log"), Some(&ns.name), 0);
         let up = common::wait_until(Duration::from_secs(20), || serve.log().contains("serving"));
         assert!(up, "serve did not come up:\n{}", serve.log());
         serve
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -{sig}");
     }
 
     /// SIGTERM; how long until it exited (panics after 10 s).
@@ -458,13 +415,6 @@ impl Serve {
         });
         assert!(exited, "serve ignored SIGTERM for 10 s:\n{}", self.log());
         start.elapsed()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

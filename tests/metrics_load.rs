@@ -10,25 +10,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::cli::{serve_args, Serve};
 use common::Netns;
-
-/// A serve process in a namespace of its own (only `lo`).
-struct Serve {
-    child: Child,
-    stderr: PathBuf,
-    ns: String,
-    metrics: u16,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// How serve is started: extra arguments and environment, and the umask it inherits.
 struct Start<'a> {
@@ -37,64 +23,33 @@ struct Start<'a> {
     umask: &'a str,
 }
 
+/// A serve process in a namespace of its own (only `lo`).
 impl Serve {
     fn spawn(ns: &Netns, routes: &Path, state: &Path, how: &Start<'_>) -> Serve {
-        let stderr = routes.with_extension("stderr");
         let metrics = 9100;
         let mut cmd = Command::new("sh");
         cmd.args(["-c", &format!("umask {} && exec \"$@\"", how.umask), "sh"])
             .args(["ip", "netns", "exec", &ns.name, "env"])
             .args(how.env.iter().map(|(k, v)| format!("{k}={v}")))
             .arg(env!("CARGO_BIN_EXE_smartproxy"))
-            .args(["serve", routes.to_str().expect("utf-8")])
-            .args(["--metrics", &format!("127.0.0.1:{metrics}")])
-            .args(["--watch-interval", "0", "--health-interval", "0"])
+            .args(serve_args(routes, metrics))
+            .args(["--health-interval", "0"])
             .args(how.args)
             .env("SMARTPROXY_STATE_DIR", state)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
-        Serve {
-            child: cmd.spawn().expect("serve starts"),
-            stderr,
-            ns: ns.name.clone(),
+            .env("NO_COLOR", "1");
+        Serve::from_command(
+            cmd,
+            routes.with_extension("stderr"),
+            Some(&ns.name),
             metrics,
-        }
+        )
     }
 
-    /// Waits until serve serves (kernel routes provisioned) and its metrics answer.
-    fn wait_up(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let port = self.metrics;
-        loop {
-            let up = self.log().contains("listeners=")
-                && common::run_in_netns(&self.ns, move || {
-                    TcpStream::connect(("127.0.0.1", port)).is_ok()
-                });
-            if up {
-                return;
-            }
-            assert!(
-                self.child.try_wait().ok().flatten().is_none(),
-                "serve exited:\n{}",
-                self.log()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "serve did not come up:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn log_len(&self) -> u64 {
-        std::fs::metadata(&self.stderr).map_or(0, |m| m.len())
+    /// Spawns serve and waits until it serves and its metrics answer.
+    fn start(ns: &Netns, routes: &Path, state: &Path, how: &Start<'_>) -> Serve {
+        let mut serve = Serve::spawn(ns, routes, state, how);
+        serve.wait_up(Duration::from_secs(20));
+        serve
     }
 
     /// A field of /proc/PID/status (kB for the Vm* ones).
@@ -105,22 +60,6 @@ impl Serve {
             .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or_else(|| panic!("no {field} in {text}"))
-    }
-
-    /// Waits for the exit; its code.
-    fn exit_code(&mut self, within: Duration) -> i32 {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve did not exit:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 }
 
@@ -231,7 +170,7 @@ fn concurrent_scrapes_share_one_kernel_collection_and_keep_threads_and_memory_fl
         ("SMARTPROXY_NFT", nft.display().to_string()),
         ("PATH", path),
     ];
-    let mut serve = Serve::spawn(
+    let serve = Serve::start(
         &ns,
         &routes,
         &dir.path().join("state"),
@@ -241,7 +180,6 @@ fn concurrent_scrapes_share_one_kernel_collection_and_keep_threads_and_memory_fl
             umask: "022",
         },
     );
-    serve.wait_up();
     assert!(
         ns.nft(&["list", "table", "inet", "ml"], None)
             .status
@@ -353,7 +291,7 @@ fn the_status_socket_is_0660_whatever_the_umask_and_in_the_socket_group() {
     let socket = state.join("mls.sock");
     let no_env: [(&str, String); 0] = [];
 
-    let mut serve = Serve::spawn(
+    let serve = Serve::start(
         &ns,
         &routes,
         &state,
@@ -363,7 +301,6 @@ fn the_status_socket_is_0660_whatever_the_umask_and_in_the_socket_group() {
             umask: "000",
         },
     );
-    serve.wait_up();
     let (mode, _) = mode_and_gid(&socket);
     assert_eq!(mode, 0o660, "socket mode {mode:o}");
     // It still answers `status`.
@@ -379,7 +316,7 @@ fn the_status_socket_is_0660_whatever_the_umask_and_in_the_socket_group() {
     drop(serve);
 
     let (group, gid) = some_group();
-    let mut serve = Serve::spawn(
+    let serve = Serve::start(
         &ns,
         &routes,
         &state,
@@ -389,7 +326,6 @@ fn the_status_socket_is_0660_whatever_the_umask_and_in_the_socket_group() {
             umask: "000",
         },
     );
-    serve.wait_up();
     assert_eq!(mode_and_gid(&socket), (0o660, gid), "socket of {group}");
     assert_eq!(
         mode_and_gid(&state),
@@ -399,7 +335,7 @@ fn the_status_socket_is_0660_whatever_the_umask_and_in_the_socket_group() {
     drop(serve);
 
     // By number too; an unknown group stops serve before it starts.
-    let mut serve = Serve::spawn(
+    let serve = Serve::start(
         &ns,
         &routes,
         &state,
@@ -409,7 +345,6 @@ fn the_status_socket_is_0660_whatever_the_umask_and_in_the_socket_group() {
             umask: "000",
         },
     );
-    serve.wait_up();
     assert_eq!(mode_and_gid(&socket), (0o660, gid));
     drop(serve);
     let mut serve = Serve::spawn(
@@ -442,7 +377,7 @@ fn a_reload_of_a_file_with_5000_conflicts_logs_a_bounded_summary() {
     let good = "[settings]\ntable = \"mlr\"\n".to_owned() + &userspace_route("u", 8100);
     std::fs::write(&routes, &good).expect("routes");
     let no_env: [(&str, String); 0] = [];
-    let mut serve = Serve::spawn(
+    let mut serve = Serve::start(
         &ns,
         &routes,
         &dir.path().join("state"),
@@ -452,7 +387,6 @@ fn a_reload_of_a_file_with_5000_conflicts_logs_a_bounded_summary() {
             umask: "022",
         },
     );
-    serve.wait_up();
     let before = serve.log_len();
 
     // 5,000 pairs of kernel routes, each pair on a port of its own: 5,000 conflicts and

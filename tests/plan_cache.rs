@@ -7,8 +7,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
+use common::cli;
 use common::Netns;
 use smartproxy::kernel::live::{self, Listing};
 
@@ -28,23 +29,7 @@ impl Host {
     }
 
     fn sp(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns.name,
-                env!("CARGO_BIN_EXE_smartproxy"),
-            ])
-            .args(args)
-            .env("SMARTPROXY_STATE_DIR", self.state.path())
-            .env("SMARTPROXY_BOOT_CONF", "/dev/null")
-            .env("NO_COLOR", "1")
-            .env_remove("SSH_CONNECTION")
-            .env_remove("SMARTPROXY_NFT")
-            .current_dir(common::repo())
-            .stdin(Stdio::null())
-            .output()
-            .expect("smartproxy runs")
+        cli::sp_in(&self.ns, self.state.path(), args, &[])
     }
 
     fn sp_ok(&self, args: &[&str]) -> String {

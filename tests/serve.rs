@@ -7,12 +7,13 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::cli::{serve_args, Serve};
 use common::pki::Pki;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -118,19 +119,6 @@ fn tls_backend(
 
 // ---------------------------------------------------------------- serve
 
-struct Serve {
-    child: Child,
-    metrics: u16,
-    stderr: PathBuf,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Serve {
     fn start(routes: &Path, wait_port: u16) -> Serve {
         Serve::start_with(routes, wait_port, &[])
@@ -138,11 +126,9 @@ impl Serve {
 
     fn start_with(routes: &Path, wait_port: u16, env: &[(&str, &Path)]) -> Serve {
         let metrics = free_port();
-        let stderr = routes.with_extension("stderr");
-        let child = Command::new(env!("CARGO_BIN_EXE_smartproxy"))
-            .args(["serve", routes.to_str().expect("utf-8")])
-            .args(["--metrics", &format!("127.0.0.1:{metrics}")])
-            .args(["--watch-interval", "0", "--hello-timeout", "3"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_smartproxy"));
+        cmd.args(serve_args(routes, metrics))
+            .args(["--hello-timeout", "3"])
             // Userspace only: these tests run on the host's loopback and never touch its
             // ruleset (tests/serve_kernel.rs covers the kernel side in namespaces).
             .args(["--nftables", "off"])
@@ -151,59 +137,19 @@ impl Serve {
                 "SMARTPROXY_STATE_DIR",
                 routes.parent().expect("a directory").join("state"),
             )
-            .envs(env.iter().map(|(k, v)| (*k, *v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("serve starts");
-        let s = Serve {
-            child,
-            metrics,
-            stderr,
-        };
+            .envs(env.iter().map(|(k, v)| (*k, *v)));
+        let s = Serve::from_command(cmd, routes.with_extension("stderr"), None, metrics);
         s.wait_for(wait_port);
         s.wait_for(metrics);
         s
     }
 
-    fn wait_for(&self, port: u16) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "serve does not listen on {port}:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -{sig}");
-    }
-
-    /// The metrics as parsed by a Prometheus text-format parser: (name, route label) → value.
-    fn metrics(&self) -> Vec<(String, Option<String>, f64)> {
-        common::scrape(&common::metrics_body(self.metrics))
-            .into_iter()
-            .map(|(name, route, _, value)| (name, route, value))
-            .collect()
-    }
-
+    /// A metric by name and `route` label (NaN when there is none).
     fn metric(&self, name: &str, route: Option<&str>) -> f64 {
         self.metrics()
             .into_iter()
-            .find(|(n, r, _)| n == name && r.as_deref() == route)
-            .map_or(f64::NAN, |(_, _, v)| v)
+            .find(|(n, r, _, _)| n == name && r.as_deref() == route)
+            .map_or(f64::NAN, |(_, _, _, v)| v)
     }
 }
 

@@ -13,31 +13,19 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::cli::{serve_args, Serve};
 use common::pki::Pki;
 use common::topo::{self, hello, udp_ask, Server, Topology, UdpServer};
 use common::Netns;
 
 const T: Duration = Duration::from_secs(3);
 const TABLE: &str = "sk";
-
-/// A serve process in the gateway namespace.
-struct Serve {
-    child: Child,
-    stderr: PathBuf,
-    metrics: u16,
-    gateway: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// How long serve may take to come up.
+const UP: Duration = Duration::from_secs(15);
 
 /// The options every test passes: quick health checks (a dead target is out within
 /// 2 × 0.3 s + 0.3 s of checks, plus the table change).
@@ -52,10 +40,10 @@ const HEALTH: [&str; 8] = [
     "2",
 ];
 
+/// A serve process in the gateway namespace.
 impl Serve {
     /// Starts serve on `routes` with `args`; `path`: the PATH serve sees (None: ours).
     fn spawn(t: &Topology, routes: &Path, args: &[&str], path: Option<&str>) -> Serve {
-        let stderr = routes.with_extension("stderr");
         let metrics = 9100 + u16::try_from(std::process::id() % 800).unwrap_or(0);
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &t.gateway.name, "env"]);
@@ -63,82 +51,24 @@ impl Serve {
             cmd.arg(format!("PATH={path}"));
         }
         cmd.arg(env!("CARGO_BIN_EXE_smartproxy"))
-            .args(["serve", routes.to_str().expect("utf-8")])
-            .args(["--metrics", &format!("127.0.0.1:{metrics}")])
-            .args(["--watch-interval", "0"])
+            .args(serve_args(routes, metrics))
             .args(HEALTH)
             .args(args)
             .env("SMARTPROXY_STATE_DIR", t.state.path())
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
-        Serve {
-            child: cmd.spawn().expect("serve starts"),
-            stderr,
+            .env("NO_COLOR", "1");
+        Serve::from_command(
+            cmd,
+            routes.with_extension("stderr"),
+            Some(&t.gateway.name),
             metrics,
-            gateway: t.gateway.name.clone(),
-        }
+        )
     }
 
     /// Starts serve and waits until its metrics answer (it is up, routes provisioned).
     fn start(t: &Topology, routes: &Path, args: &[&str]) -> Serve {
-        let s = Serve::spawn(t, routes, args, None);
-        s.wait_up(&t.gateway);
+        let mut s = Serve::spawn(t, routes, args, None);
+        s.wait_up(UP);
         s
-    }
-
-    /// Waits until serve says it serves (after provisioning the kernel routes) and its
-    /// metrics answer.
-    fn wait_up(&self, gateway: &Netns) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let port = self.metrics;
-        while !self.log().contains("listeners=")
-            || gateway.run_in(move || TcpStream::connect(("127.0.0.1", port)).is_err())
-        {
-            assert!(
-                Instant::now() < deadline,
-                "serve did not come up:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -{sig}");
-    }
-
-    /// Waits for the exit; its code.
-    fn exit_code(&mut self, within: Duration) -> i32 {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve did not exit:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Serve's metrics, parsed: (name, route label, target label) → value.
-    fn metrics(&self) -> Vec<(String, Option<String>, Option<String>, f64)> {
-        let port = self.metrics;
-        common::scrape(&common::run_in_netns(&self.gateway, move || {
-            common::metrics_body(port)
-        }))
     }
 
     fn metric(&self, name: &str, route: &str) -> f64 {
@@ -334,8 +264,8 @@ fn without_nft_auto_serves_tcp_kernel_routes_in_userspace_and_refuses_udp_on_fai
 
     // Without the UDP route: the TCP kernel route is served in userspace, with a warning
     // naming it, and no table is made.
-    let serve = Serve::spawn(&t, &tcp, &[], Some(no_nft));
-    serve.wait_up(&t.gateway);
+    let mut serve = Serve::spawn(&t, &tcp, &[], Some(no_nft));
+    serve.wait_up(UP);
     let log = serve.log();
     assert!(
         log.contains("nftables is not available") && log.contains("`web`"),

@@ -7,8 +7,9 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
+use common::cli::{self, code, route, s, show, stderr, stdout};
 use common::Netns;
 
 /// A namespace and a state directory (not yet created: smartproxy makes it).
@@ -35,18 +36,8 @@ impl Env {
 
     /// smartproxy in the namespace under `umask 000`.
     fn sp(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns.name, "sh", "-c"])
-            .arg("umask 000; exec \"$0\" \"$@\"")
-            .arg(env!("CARGO_BIN_EXE_smartproxy"))
-            .args(args)
-            .env("SMARTPROXY_STATE_DIR", &self.state)
-            .env("NO_COLOR", "1")
-            .env("SMARTPROXY_BOOT_CONF", "/dev/null")
-            .env_remove("SMARTPROXY_NFT")
-            .env_remove("SSH_CONNECTION")
-            .current_dir(common::repo())
-            .stdin(Stdio::null())
+        let umask = ["sh", "-c", "umask 000; exec \"$0\" \"$@\""];
+        cli::sp_cmd_via(&self.ns, &umask, &self.state, args, &[])
             .output()
             .expect("smartproxy runs")
     }
@@ -83,41 +74,10 @@ impl Env {
     }
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn route(name: &str, port: u16, comment_target: &str) -> String {
-    format!(
-        "\n[[routes]]\nname = \"{name}\"\n[routes.match]\nports = {port}\n[routes.action]\ntargets = [{{ host = \"{comment_target}\", port = 9090 }}]\n"
-    )
-}
-
 fn routes(list: &[(&str, u16)]) -> String {
     let mut out = String::from("[settings]\ntable = \"st\"\n");
     for (name, port) in list {
-        out.push_str(&route(name, *port, "198.51.100.2"));
+        out.push_str(&route(name, u32::from(*port), "198.51.100.2", 9090));
     }
     out
 }

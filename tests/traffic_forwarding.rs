@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::topo::{self, udp_ask, Server, Topology, UdpServer};
+use common::topo::{self, udp_ask, Accepting, Server, Topology, UdpServer};
 use common::Netns;
 
 /// Timeout for one connection or one answer that must succeed.
@@ -161,45 +161,27 @@ impl Drop for FixedServer {
 
 /// A TCP server in a namespace that sends `bytes` bytes on every connection, then closes.
 struct BlastServer {
-    stop: Arc<AtomicBool>,
+    _accepting: Accepting,
 }
 
 impl BlastServer {
     fn start(ns: &Netns, bind: &str, bytes: usize) -> BlastServer {
-        let bind: SocketAddr = bind.parse().expect("socket address");
-        let listener = ns.run_in(move || TcpListener::bind(bind).expect("bind in namespace"));
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        std::thread::spawn(move || {
-                            let _ = s.set_nonblocking(false);
-                            let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
-                            let chunk = vec![0xa5u8; 64 * 1024];
-                            let mut left = bytes;
-                            while left > 0 {
-                                let k = left.min(chunk.len());
-                                if s.write_all(&chunk[..k]).is_err() {
-                                    break;
-                                }
-                                left -= k;
-                            }
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        let poll = Duration::from_millis(2);
+        let accepting = Accepting::start(ns, bind, poll, move |mut s, _| {
+            let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
+            let chunk = vec![0xa5u8; 64 * 1024];
+            let mut left = bytes;
+            while left > 0 {
+                let k = left.min(chunk.len());
+                if s.write_all(&chunk[..k]).is_err() {
+                    break;
                 }
+                left -= k;
             }
         });
-        BlastServer { stop }
-    }
-}
-
-impl Drop for BlastServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        BlastServer {
+            _accepting: accepting,
+        }
     }
 }
 

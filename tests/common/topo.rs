@@ -189,60 +189,79 @@ impl Drop for Topology {
     }
 }
 
+/// Accepts TCP connections on `bind` in a namespace until dropped, looking for one every
+/// `poll`; each connection (blocking again) is handed to `handle` on a thread of its own.
+pub struct Accepting {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Accepting {
+    pub fn start(
+        ns: &Netns,
+        bind: &str,
+        poll: Duration,
+        handle: impl Fn(TcpStream, SocketAddr) + Send + Sync + 'static,
+    ) -> Accepting {
+        let bind: SocketAddr = bind.parse().expect("socket address");
+        let listener = ns.run_in(move || TcpListener::bind(bind).expect("bind in namespace"));
+        let addr = listener.local_addr().expect("local addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stop2, handle) = (stop.clone(), Arc::new(handle));
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, peer)) => {
+                        let handle = handle.clone();
+                        std::thread::spawn(move || {
+                            let _ = s.set_nonblocking(false);
+                            handle(s, peer);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(poll),
+                }
+            }
+        });
+        Accepting { addr, stop }
+    }
+}
+
+impl Drop for Accepting {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// An in-process TCP server in a namespace: answers each connection with
 /// `"{name} {peer_ip} {peer_port}\n"`, then reads until EOF (counting bytes) and closes.
 pub struct Server {
     pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    _accepting: Accepting,
     /// Bytes received over all connections.
     pub received: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Server {
     pub fn start(ns: &Netns, name: &str, bind: &str) -> Server {
-        let bind: SocketAddr = bind.parse().expect("socket address");
-        let listener = ns.run_in(move || TcpListener::bind(bind).expect("bind in namespace"));
-        let addr = listener.local_addr().expect("local addr");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
         let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (stop2, received2, name) = (stop.clone(), received.clone(), name.to_owned());
-        std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut s, peer)) => {
-                        let name = name.clone();
-                        let received = received2.clone();
-                        std::thread::spawn(move || {
-                            let _ = s.set_nonblocking(false);
-                            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-                            let _ = s.write_all(
-                                format!("{name} {} {}\n", peer.ip(), peer.port()).as_bytes(),
-                            );
-                            let mut buf = [0u8; 65536];
-                            while let Ok(n) = s.read(&mut buf) {
-                                if n == 0 {
-                                    break;
-                                }
-                                received.fetch_add(n as u64, Ordering::Relaxed);
-                            }
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        let (received2, name) = (received.clone(), name.to_owned());
+        let accepting = Accepting::start(ns, bind, Duration::from_millis(2), move |mut s, peer| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+            let _ = s.write_all(format!("{name} {} {}\n", peer.ip(), peer.port()).as_bytes());
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
                 }
+                received2.fetch_add(n as u64, Ordering::Relaxed);
             }
         });
         Server {
-            addr,
-            stop,
+            addr: accepting.addr,
+            _accepting: accepting,
             received,
         }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

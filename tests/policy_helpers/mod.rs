@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::topo::{Topology, B1_4, B1_6, CLIENT4, CLIENT6, GW4, GW6};
+use crate::common::topo::{Accepting, Topology, B1_4, B1_6, CLIENT4, CLIENT6, GW4, GW6};
 use crate::common::Netns;
 
 /// The second client address (documentation range), added by [`add_second_client`].
@@ -364,45 +364,25 @@ pub fn have(cmd: &str) -> bool {
 /// A TCP echo server in a namespace: every connection gets back what it sends, and is
 /// closed once the client has shut down its side.
 pub struct EchoServer {
-    stop: Arc<AtomicBool>,
+    _accepting: Accepting,
 }
 
 impl EchoServer {
     pub fn start(ns: &Netns, bind: &str) -> EchoServer {
-        let bind: SocketAddr = bind.parse().expect("socket address");
-        let listener = ns.run_in(move || {
-            std::net::TcpListener::bind(bind).expect("bind echo server in namespace")
-        });
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        std::thread::spawn(move || {
-                            let _ = s.set_nonblocking(false);
-                            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                            let mut buf = [0u8; 4096];
-                            while let Ok(n) = s.read(&mut buf) {
-                                if n == 0 || s.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                        });
-                    }
-                    // Short: a sequential client waits for every accept.
-                    Err(_) => std::thread::sleep(Duration::from_micros(50)),
+        // Short polls: a sequential client waits for every accept.
+        let poll = Duration::from_micros(50);
+        let accepting = Accepting::start(ns, bind, poll, |mut s, _| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                    break;
                 }
             }
         });
-        EchoServer { stop }
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        EchoServer {
+            _accepting: accepting,
+        }
     }
 }
 
