@@ -175,7 +175,14 @@ fn deleting_the_state_directory_still_rolls_back_at_the_deadline() {
     let at = Instant::now();
     assert!(our_table(&t).is_some_and(|x| x.contains("f_api")));
 
-    std::fs::remove_dir_all(t.state.path()).expect("rm -rf the state directory");
+    // `rm -rf` of the state directory. The watchdog may write its record back while the
+    // directory is being emptied ("Directory not empty"): delete again, as a user would.
+    assert!(
+        common::wait_until(Duration::from_secs(2), || {
+            std::fs::remove_dir_all(t.state.path()).is_ok()
+        }),
+        "rm -rf the state directory"
+    );
     // The watchdog writes its record back: the window stays visible and blocks applies.
     assert!(
         common::wait_until(Duration::from_secs(2), || {
