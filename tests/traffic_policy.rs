@@ -603,7 +603,10 @@ fn log_sends_refused_packets_to_the_nflog_group() {
         return;
     }
     if !have("tcpdump") {
-        common::skip("log_sends_refused_packets_to_the_nflog_group", "needs tcpdump");
+        common::skip(
+            "log_sends_refused_packets_to_the_nflog_group",
+            "needs tcpdump",
+        );
         return;
     }
     let t = Topology::new("plg");
