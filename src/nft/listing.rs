@@ -209,7 +209,7 @@ pub fn parse(listing: &str) -> Listing {
     let mut mark_owner = BTreeMap::new();
     for o in objects
         .iter()
-        .filter(|o| o.kind == "map" && o.name == "route_filter")
+        .filter(|o| o.kind == "map" && o.name == super::names::ROUTE_FILTER)
     {
         for e in &o.elements {
             if let Some((mark, verdict)) = e.split_once(" : ") {
@@ -236,7 +236,7 @@ pub fn parse(listing: &str) -> Listing {
                 match owner {
                     Some(route) => {
                         let unit = listing.routes.entry(route).or_default();
-                        if o.name == "route_filter" {
+                        if o.name == super::names::ROUTE_FILTER {
                             unit.mark = e.split_once(" : ").map(|(k, _)| k.to_owned());
                         }
                         unit.elements.push((o.name.clone(), e.clone()));

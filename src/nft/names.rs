@@ -75,6 +75,12 @@ pub fn set(kind: SetKind, f: Family, route: &str) -> String {
     format!("{}{}_{route}", kind.prefix(), family_digit(f))
 }
 
+/// The mark-keyed maps: a route's mark -> its filter chain, its SNAT chain, its QoS chain.
+/// The filter map is how a mark is traced back to its route.
+pub const ROUTE_FILTER: &str = "route_filter";
+pub const ROUTE_SNAT: &str = "route_snat";
+pub const ROUTE_QOS: &str = "route_qos";
+
 /// The shared SNAT chain `masq`, or `masq_random` for fully random ports.
 pub fn masquerade_chain(random: bool) -> &'static str {
     if random {

@@ -744,22 +744,22 @@ impl<'m> Document<'m> {
                 NfHook::Postrouting,
                 100,
             )
-            .rule(vec![direction("original"), by_route("route_snat")]),
+            .rule(vec![direction("original"), by_route(names::ROUTE_SNAT)]),
             base("filter_input", NfChainType::Filter, NfHook::Input, 0).rule(vec![
                 matches(meta(MetaKey::Iif), Operator::NEQ, text("lo")),
-                by_route("route_filter"),
+                by_route(names::ROUTE_FILTER),
             ]),
             base("filter_forward", NfChainType::Filter, NfHook::Forward, 0)
-                .rule(vec![by_route("route_filter")]),
+                .rule(vec![by_route(names::ROUTE_FILTER)]),
             base("filter_output", NfChainType::Filter, NfHook::Output, 0)
-                .rule(vec![by_route("route_filter")]),
+                .rule(vec![by_route(names::ROUTE_FILTER)]),
             base(
                 "qos_postrouting",
                 NfChainType::Filter,
                 NfHook::Postrouting,
                 0,
             )
-            .rule(vec![by_route("route_qos")]),
+            .rule(vec![by_route(names::ROUTE_QOS)]),
         ]);
     }
 
@@ -820,9 +820,9 @@ impl<'m> Document<'m> {
                 with_addr(SetType::Ipv6Addr),
                 dnat6_addr_range,
             ),
-            ("route_filter", vec![SetType::Mark], filter),
-            ("route_snat", vec![SetType::Mark], snat),
-            ("route_qos", vec![SetType::Mark], qos),
+            (names::ROUTE_FILTER, vec![SetType::Mark], filter),
+            (names::ROUTE_SNAT, vec![SetType::Mark], snat),
+            (names::ROUTE_QOS, vec![SetType::Mark], qos),
         ];
         for (name, key, mut elements) in maps {
             // nft lists elements in the order they were added: the text script's order,

@@ -651,19 +651,19 @@ impl<'a> View<'a> {
             dispatch("dnat6_addr", v6, false, dnat6_addr),
             dispatch("dnat6_addr_range", v6, true, dnat6_addr_range),
             MapView {
-                name: "route_filter",
+                name: names::ROUTE_FILTER,
                 kind: "mark : verdict",
                 interval: false,
                 elements: filter,
             },
             MapView {
-                name: "route_snat",
+                name: names::ROUTE_SNAT,
                 kind: "mark : verdict",
                 interval: false,
                 elements: snat,
             },
             MapView {
-                name: "route_qos",
+                name: names::ROUTE_QOS,
                 kind: "mark : verdict",
                 interval: false,
                 elements: qos,
