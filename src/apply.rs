@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 
-use crate::kernel::live::{self, Listing, Object};
+use crate::nft::listing::{self, Listing, Object};
 use crate::plan::{is_shared_chain, Plan};
 
 /// The script that takes the kernel from `plan.live_listing` to the desired state.
@@ -27,8 +27,8 @@ pub struct Parsed {
 impl Parsed {
     pub fn of(plan: &Plan) -> Self {
         Parsed {
-            live: plan.live_listing.as_deref().map(live::parse),
-            desired: live::parse(&plan.desired_listing),
+            live: plan.live_listing.as_deref().map(listing::parse),
+            desired: listing::parse(&plan.desired_listing),
         }
     }
 }
@@ -290,7 +290,7 @@ mod tests {
     #[test]
     fn changing_one_route_touches_only_that_route() {
         let desired = LIVE.replace("198.51.100.3:443", "198.51.100.4:443");
-        let script = incremental("sp", &live::parse(LIVE), &live::parse(&desired));
+        let script = incremental("sp", &listing::parse(LIVE), &listing::parse(&desired));
         assert!(!script.contains("web"), "web is untouched:\n{script}");
         assert!(script.contains("flush chain inet sp n4_api"), "{script}");
         assert!(script.contains("dnat ip to 198.51.100.4:443"), "{script}");
@@ -311,7 +311,7 @@ mod tests {
                 "",
             )
             .replace("\tchain f_api {\n\t\tcounter name \"c_api\"\n\t}\n", "");
-        let script = incremental("sp", &live::parse(LIVE), &live::parse(&desired));
+        let script = incremental("sp", &listing::parse(LIVE), &listing::parse(&desired));
         let pos = |needle: &str| {
             script
                 .find(needle)

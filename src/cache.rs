@@ -30,9 +30,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::kernel::live::{self, Listing, Object, RouteUnit};
 use crate::kernel::{Kernel, KernelError};
 use crate::model::{KernelRoute, Model, Snat};
+use crate::nft::listing::{self, Listing, Object, RouteUnit};
 use crate::state;
 
 const NORMALISED: &str = "normalised";
@@ -184,10 +184,10 @@ pub fn desired_listing(
         )
     } else if missing.len() == all.len() {
         // Nothing to reuse: normalise the script as it is.
-        let fresh = live::parse(&kernel.normalise(script, &model.table)?);
+        let fresh = listing::parse(&kernel.normalise(script, &model.table)?);
         (fresh.table_comment.clone(), fresh.table.clone(), fresh)
     } else {
-        let fresh = live::parse(&normalise_some(kernel, model, &shared, &missing)?);
+        let fresh = listing::parse(&normalise_some(kernel, model, &shared, &missing)?);
         (fresh.table_comment.clone(), fresh.table.clone(), fresh)
     };
 
@@ -340,7 +340,7 @@ fn table_part_is_sound(table: &str, cached: &Normalised) -> bool {
 
 fn text_is_one_table(table: &str, text: &str, expected: &Listing) -> bool {
     let one = crate::nft::guard::statements(text, table).is_ok_and(|s| s.len() == 1);
-    one && crate::nft::guard::check(text, table).is_ok() && live::parse(text) == *expected
+    one && crate::nft::guard::check(text, table).is_ok() && listing::parse(text) == *expected
 }
 
 /// The live table (`None` when absent) and the generation it was read at, from the cache
@@ -429,7 +429,7 @@ mod tests {
 ";
 
     fn web() -> CachedRoute {
-        let listing = live::parse(LISTING);
+        let listing = listing::parse(LISTING);
         CachedRoute::of("k".to_owned(), &listing.routes["web"])
     }
 
@@ -484,7 +484,7 @@ mod tests {
 
     #[test]
     fn a_cached_table_part_with_a_foreign_base_chain_is_not_sound() {
-        let listing = live::parse(LISTING);
+        let listing = listing::parse(LISTING);
         let mut n = Normalised {
             table_comment: Some("managed by smartproxy".to_owned()),
             table: listing.table.clone(),

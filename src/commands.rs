@@ -136,7 +136,7 @@ fn make_plan(
     let (desired, live, facts, applied, applied_parsed) = std::thread::scope(|scope| {
         let live = scope.spawn(|| {
             cache::live_listing(kernel, table).map(|(text, generation)| {
-                let parsed = text.as_deref().map(crate::kernel::live::parse);
+                let parsed = text.as_deref().map(crate::nft::listing::parse);
                 (text, parsed, generation)
             })
         });
@@ -145,7 +145,7 @@ fn make_plan(
         let applied = state::read(table, "applied");
         // Still listing: meanwhile parse what was applied, for the drift section.
         let applied_parsed = (applied.is_some() && !live.is_finished())
-            .then(|| applied.as_deref().map(crate::kernel::live::parse))
+            .then(|| applied.as_deref().map(crate::nft::listing::parse))
             .flatten();
         let live = live
             .join()
@@ -408,7 +408,7 @@ pub fn destroy(
         println!("Nothing to destroy: table inet {table} does not exist.");
         return EXIT_OK;
     };
-    let routes = crate::kernel::live::parse(&live).routes.len();
+    let routes = crate::nft::listing::parse(&live).routes.len();
     println!(
         "smartproxy will destroy table inet {table} ({routes} route{}):\n",
         if routes == 1 { "" } else { "s" }

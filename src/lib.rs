@@ -21,6 +21,7 @@ pub mod render;
 pub mod serve;
 pub mod state;
 pub mod status;
+pub mod types;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};

@@ -10,7 +10,6 @@ use crate::model::{
     Family, KernelAction, KernelPort, KernelRoute, KernelTarget, Model, Snat, Spread,
     UserspaceRoute, UserspaceTarget,
 };
-use crate::render::sanitize_comment;
 
 /// Turns a host name into addresses. `compile`, `plan` and `apply` use the system
 /// resolver; `check` uses none unless `--resolve`; tests use a fixed table. Routes are
@@ -255,7 +254,7 @@ fn kernel_route(
     };
     KernelRoute {
         name: route.name.clone(),
-        comment: sanitize_comment(&comment),
+        comment: crate::nft::comment::sanitize(&comment),
         mark,
         l4: route.protocol.l4().to_vec(),
         ports: sorted(route.ports.clone()),

@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::config::{ActionKind, Affinity, ByteRate, PortRange, Protocol, Rate, Redirect, Tls, L4};
+pub use crate::types::Family;
+use crate::types::{ActionKind, Affinity, ByteRate, PortRange, Protocol, Rate, Redirect, Tls, L4};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Model {
@@ -18,21 +19,6 @@ pub struct Model {
     pub kernel: Vec<KernelRoute>,
     /// Userspace routes, in selection order (file order).
     pub userspace: Vec<UserspaceRoute>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub fn of(ip: &IpAddr) -> Family {
-        match ip {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -176,7 +162,7 @@ pub struct UserspaceTarget {
     /// As written in the route file.
     pub host: String,
     pub addrs: Vec<IpAddr>,
-    pub port: crate::config::TargetPort,
+    pub port: crate::types::TargetPort,
     pub weight: u32,
 }
 
@@ -188,16 +174,16 @@ impl UserspaceRoute {
             name: name.into(),
             order,
             priority,
-            protocol: crate::config::Protocol::Tcp,
-            ports: vec![crate::config::PortRange {
+            protocol: crate::types::Protocol::Tcp,
+            ports: vec![crate::types::PortRange {
                 first: 443,
                 last: 443,
             }],
             addresses: Vec::new(),
             domains: domains.iter().map(|d| (*d).to_owned()).collect(),
-            kind: crate::config::ActionKind::Forward,
+            kind: crate::types::ActionKind::Forward,
             targets: Vec::new(),
-            affinity: crate::config::Affinity::None,
+            affinity: crate::types::Affinity::None,
             allow: None,
             block: Vec::new(),
             max_connections: None,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::diag::escape;
-use crate::kernel::live::{self, Listing};
+use crate::nft::listing::{self, Listing};
 
 /// The unit name of table-level settings: never a valid route name, so no route can
 /// collide with it.
@@ -98,7 +98,7 @@ pub struct Plan {
 /// Fingerprint of a listing's configuration: the route units and table text, so counter
 /// values, dynamic-set contents and handles never count.
 pub fn fingerprint(listing: Option<&str>) -> String {
-    fingerprint_of(listing.map(live::parse).as_ref())
+    fingerprint_of(listing.map(listing::parse).as_ref())
 }
 
 /// [`fingerprint`] of an already parsed listing (plan parses each listing once).
@@ -134,8 +134,8 @@ pub fn plan(
     applied: Option<&str>,
     warnings: Vec<String>,
 ) -> Plan {
-    let desired = live::parse(&desired_listing);
-    let live = live_listing.as_deref().map(live::parse);
+    let desired = listing::parse(&desired_listing);
+    let live = live_listing.as_deref().map(listing::parse);
     plan_parsed(
         table,
         desired_script,
@@ -204,8 +204,8 @@ pub fn plan_parsed(
         changes.push(Change {
             unit: name.clone(),
             action,
-            before: before.map(live::RouteUnit::text).unwrap_or_default(),
-            after: after.map(live::RouteUnit::text).unwrap_or_default(),
+            before: before.map(listing::RouteUnit::text).unwrap_or_default(),
+            after: after.map(listing::RouteUnit::text).unwrap_or_default(),
         });
     }
     // A shared chain that no route change explains (one left over or made by hand) is a
@@ -220,7 +220,7 @@ pub fn plan_parsed(
         // The same text: nothing drifted (the usual case, and the one without a parse).
         (Some((applied, _)), Some(now), _) if applied == now => Vec::new(),
         (Some((_, Some(applied))), Some(_), Some(now)) => drift(applied, now),
-        (Some((applied, None)), Some(_), Some(now)) => drift(&live::parse(applied), now),
+        (Some((applied, None)), Some(_), Some(now)) => drift(&listing::parse(applied), now),
         _ => Vec::new(),
     };
     let replace_table = live.is_none() || !table_fixed_equal(live_ref, desired);
@@ -296,13 +296,12 @@ fn table_outline(l: &Listing) -> String {
 
 /// Shared chains (`masq`, `masq_random`, `qos_csN`) can be added and removed one by one;
 /// anything else at table level (base chains, map types, the comment) needs a new table.
-pub fn is_shared_chain(o: &live::Object) -> bool {
-    o.kind == "chain"
-        && (o.name == "masq" || o.name == "masq_random" || o.name.starts_with("qos_cs"))
+pub fn is_shared_chain(o: &listing::Object) -> bool {
+    o.kind == "chain" && crate::nft::names::is_shared_chain(&o.name)
 }
 
 fn table_fixed_equal(a: &Listing, b: &Listing) -> bool {
-    let fixed = |l: &Listing| -> Vec<live::Object> {
+    let fixed = |l: &Listing| -> Vec<listing::Object> {
         l.table
             .iter()
             .filter(|o| !is_shared_chain(o))
@@ -326,12 +325,12 @@ fn drift(applied: &Listing, now: &Listing) -> Vec<Drift> {
         let a = applied
             .routes
             .get(name)
-            .map(live::RouteUnit::text)
+            .map(listing::RouteUnit::text)
             .unwrap_or_default();
         let n = now
             .routes
             .get(name)
-            .map(live::RouteUnit::text)
+            .map(listing::RouteUnit::text)
             .unwrap_or_default();
         if a != n {
             out.push(Drift {

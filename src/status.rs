@@ -188,7 +188,7 @@ fn parse_table(json: &str) -> Result<TableListing, String> {
     for obj in objects {
         if let Some(c) = obj.get("counter") {
             let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
-            if let Some(route) = name.strip_prefix("c_") {
+            if let Some(route) = crate::nft::names::route_of_counter(name) {
                 let get = |k| c.get(k).and_then(as_u64).unwrap_or(0);
                 out.counters
                     .insert(route.to_owned(), (get("packets"), get("bytes")));
@@ -229,7 +229,10 @@ fn filter_element(elem: &Value) -> Option<(String, u32)> {
     let key = key.get("elem").and_then(|e| e.get("val")).unwrap_or(key);
     let mark = as_u32(key)?;
     let target = pair.get(1)?.get("jump")?.get("target")?.as_str()?;
-    Some((target.strip_prefix("f_")?.to_owned(), mark))
+    Some((
+        crate::nft::names::route_of_filter_chain(target)?.to_owned(),
+        mark,
+    ))
 }
 
 /// The mask of `ct mark & MASK vmap @route_filter`; `ct mark vmap @route_filter` (no `&`)

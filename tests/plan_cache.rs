@@ -11,7 +11,7 @@ use std::process::Output;
 
 use common::cli;
 use common::Netns;
-use smartproxy::kernel::live::{self, Listing};
+use smartproxy::nft::listing::{self, Listing};
 
 struct Host {
     ns: Netns,
@@ -62,7 +62,7 @@ impl Host {
         let plan: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&out).expect("plan written"))
                 .expect("plan JSON");
-        live::parse(plan["desired_listing"].as_str().expect("desired_listing"))
+        listing::parse(plan["desired_listing"].as_str().expect("desired_listing"))
     }
 
     /// The kernel's own normalisation of the whole compiled script, in a fresh namespace.
@@ -70,11 +70,11 @@ impl Host {
         let script = self.sp_ok(&["compile", self.dir()]);
         let scratch = Netns::new("pcn");
         scratch.nft_ok(&["-f", "-"], Some(&script));
-        live::parse(&scratch.nft_ok(&["-s", "list", "table", "inet", "smartproxy"], None))
+        listing::parse(&scratch.nft_ok(&["-s", "list", "table", "inet", "smartproxy"], None))
     }
 
     fn live_now(&self) -> Listing {
-        live::parse(
+        listing::parse(
             &self
                 .ns
                 .nft_ok(&["-s", "list", "table", "inet", "smartproxy"], None),
@@ -86,7 +86,7 @@ impl Host {
         let (_, listing) = common::seal::body(&text)
             .split_once('\n')
             .expect("generation line");
-        live::parse(listing)
+        listing::parse(listing)
     }
 }
 

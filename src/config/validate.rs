@@ -116,12 +116,12 @@ fn settings(files: &[(FileId, PathBuf, RawFile)], diags: &mut Vec<Diagnostic>) -
 }
 
 fn table_name_ok(name: &str) -> bool {
-    name_syntax_ok(name) && !name.contains('-') && !crate::render::is_nft_keyword(name)
+    name_syntax_ok(name) && !name.contains('-') && !crate::nft::keywords::is_nft_keyword(name)
 }
 
 /// Why a table name is refused, for the label of E027.
 fn table_name_problem(name: &str) -> String {
-    if name_syntax_ok(name) && crate::render::is_nft_keyword(name) {
+    if name_syntax_ok(name) && crate::nft::keywords::is_nft_keyword(name) {
         format!("`{name}` is an nft keyword")
     } else if name.contains('-') && name_syntax_ok(name) {
         "`-` is not allowed in a table name".to_owned()

@@ -8,7 +8,6 @@
 pub mod exec;
 pub mod fake;
 pub mod generation;
-pub mod live;
 pub mod nft;
 
 pub use exec::set_timeout;

@@ -44,11 +44,12 @@ use serde::ser::Error as _;
 use serde_json::{json, Value};
 
 use super::{
-    byte_burst, fam_ip, fam_n, fam_nfproto, hex, net_text, rate_timeout, refuses, set_name, slots,
+    byte_burst, fam_ip, fam_n, fam_nfproto, hex, net_text, rate_timeout, refuses, slots,
     RenderError, CLOSED_TIMEOUT,
 };
-use crate::config::{ByteRate, PortRange, Rate, L4};
 use crate::model::{Family, KernelAction, KernelPort, KernelRoute, KernelTarget, Model, Snat};
+use crate::nft::names;
+use crate::types::{ByteRate, PortRange, Rate, L4};
 
 /// The same ruleset as `render_script`, as an `nft -j -f` document (pretty-printed,
 /// byte-identical for the same model).
@@ -440,7 +441,7 @@ impl<'m> Document<'m> {
         let counter = Counter {
             family: NfFamily::INet,
             table: Cow::Borrowed(self.table),
-            name: Cow::Owned(format!("c_{}", r.name)),
+            name: Cow::Owned(names::counter(&r.name)),
             handle: None,
             packets: None,
             bytes: None,
@@ -454,8 +455,8 @@ impl<'m> Document<'m> {
     /// `n<f>_<route>` per family, and `t<f>_<route>_<i>` per target when spread.
     fn nat_chains(&mut self, r: &KernelRoute, keep: u32) {
         for f in r.families() {
-            let mut chain = ChainDef::new(format!("n{}_{}", fam_n(f), r.name))
-                .rule(vec![set_mark(keep, r.mark)]);
+            let mut chain =
+                ChainDef::new(names::nat_chain(f, &r.name)).rule(vec![set_mark(keep, r.mark)]);
             let Some(spread) = r.spread(f) else {
                 self.chains.push(chain);
                 continue;
@@ -465,16 +466,16 @@ impl<'m> Document<'m> {
                 continue;
             }
             let (total, slot_list) = slots(spread);
-            let target_chain = |i: usize| format!("t{}_{}_{i}", fam_n(f), r.name);
+            let target_chain = |i: usize| names::target_chain(f, &r.name, i);
             let selector = match spread.affinity {
-                crate::config::Affinity::None => {
+                crate::types::Affinity::None => {
                     Expression::Named(NamedExpression::Numgen(Numgen {
                         mode: NgMode::Random,
                         ng_mod: total,
                         offset: None,
                     }))
                 }
-                crate::config::Affinity::Source => {
+                crate::types::Affinity::Source => {
                     Expression::Named(NamedExpression::JHash(JHash {
                         hash_mod: total,
                         offset: None,
@@ -504,11 +505,12 @@ impl<'m> Document<'m> {
 
     /// The route's sets, `f_<route>` (count, refuse, cap) and `x_<route>` (refusal).
     fn filter_chains(&mut self, r: &KernelRoute) -> Result<(), RenderError> {
-        let refusal = format!("x_{}", r.name);
-        let mut filter = ChainDef::new(format!("f_{}", r.name)).rule(vec![Statement::Counter(
-            CounterStmt::Named(Cow::Owned(format!("c_{}", r.name))),
-        )
-        .into()]);
+        let refusal = names::refusal_chain(&r.name);
+        let mut filter =
+            ChainDef::new(names::filter_chain(&r.name)).rule(vec![Statement::Counter(
+                CounterStmt::Named(Cow::Owned(names::counter(&r.name))),
+            )
+            .into()]);
         if matches!(r.action, KernelAction::Block) {
             // The original direction only: the reset the refusal sends carries the
             // connection's mark, and must not be refused in turn.
@@ -525,7 +527,7 @@ impl<'m> Document<'m> {
             let block = elements(&r.block);
             if !block.is_empty() {
                 let right = if r.use_ip_sets {
-                    let name = set_name("block", f, &r.name);
+                    let name = names::set(names::SetKind::Block, f, &r.name);
                     self.set(&name, f, SetKind::Interval(block))?;
                     text(format!("@{name}"))
                 } else {
@@ -540,7 +542,7 @@ impl<'m> Document<'m> {
             if let Some(list) = &r.allow {
                 let allow = elements(list);
                 let refuse = if r.use_ip_sets {
-                    let name = set_name("allow", f, &r.name);
+                    let name = names::set(names::SetKind::Allow, f, &r.name);
                     self.set(&name, f, SetKind::Interval(allow))?;
                     matches(saddr(), Operator::NEQ, text(format!("@{name}")))
                 } else if allow.is_empty() {
@@ -554,9 +556,9 @@ impl<'m> Document<'m> {
                 // See `CLOSED_TIMEOUT`: an over-limit count is refused only from a source
                 // that closed nothing lately; otherwise the SYN is dropped and counted
                 // again on its retransmission.
-                let name = set_name("conn", f, &r.name);
+                let name = names::set(names::SetKind::Conn, f, &r.name);
                 self.set(&name, f, SetKind::Dynamic { timeout: None })?;
-                let closed = set_name("closed", f, &r.name);
+                let closed = names::set(names::SetKind::Closed, f, &r.name);
                 let timeout = Some(small(CLOSED_TIMEOUT, "timeout")?);
                 self.set(&closed, f, SetKind::Dynamic { timeout })?;
                 let count = || {
@@ -601,7 +603,7 @@ impl<'m> Document<'m> {
                 ]);
             }
             if let Some(rate) = &r.rate_limit {
-                let name = set_name("rate", f, &r.name);
+                let name = names::set(names::SetKind::Rate, f, &r.name);
                 let timeout = Some(small(rate_timeout(rate), "timeout")?);
                 self.set(&name, f, SetKind::Dynamic { timeout })?;
                 let limit = Statement::Limit(packet_limit(rate, true)?);
@@ -628,7 +630,7 @@ impl<'m> Document<'m> {
             if r.log {
                 let log_rate = Rate {
                     count: 10,
-                    unit: crate::config::TimeUnit::Second,
+                    unit: crate::types::TimeUnit::Second,
                     burst: 20,
                 };
                 let mut log = Log::new((self.log_group != 0).then(|| u32::from(self.log_group)));
@@ -652,8 +654,10 @@ impl<'m> Document<'m> {
     /// `masq`, `masq_random` and `qos_cs<N>`, shared by the routes that need them.
     fn helper_chains(&mut self, routes: &[KernelRoute]) {
         if routes.iter().any(|r| r.snat == Snat::Masquerade) {
-            self.chains
-                .push(ChainDef::new("masq".into()).rule(vec![Statement::Masquerade(None).into()]));
+            self.chains.push(
+                ChainDef::new(names::masquerade_chain(false).into())
+                    .rule(vec![Statement::Masquerade(None).into()]),
+            );
         }
         if routes.iter().any(|r| r.snat == Snat::MasqueradeRandom) {
             let nat = NAT {
@@ -663,7 +667,7 @@ impl<'m> Document<'m> {
                 flags: Some([NATFlag::FullyRandom, NATFlag::Persistent].into()),
             };
             self.chains.push(
-                ChainDef::new("masq_random".into())
+                ChainDef::new(names::masquerade_chain(true).into())
                     .rule(vec![Statement::Masquerade(Some(nat)).into()]),
             );
         }
@@ -679,7 +683,7 @@ impl<'m> Document<'m> {
                 .into()
             };
             self.chains.push(
-                ChainDef::new(format!("qos_cs{q}"))
+                ChainDef::new(names::qos_chain(q))
                     .rule(vec![mangle(payload("ip", "dscp"), format!("cs{q}"))])
                     .rule(vec![mangle(payload("ip6", "dscp"), format!("cs{q}"))])
                     .rule(vec![mangle(meta(MetaKey::Priority), format!("1:{q}"))]),
@@ -740,22 +744,22 @@ impl<'m> Document<'m> {
                 NfHook::Postrouting,
                 100,
             )
-            .rule(vec![direction("original"), by_route("route_snat")]),
+            .rule(vec![direction("original"), by_route(names::ROUTE_SNAT)]),
             base("filter_input", NfChainType::Filter, NfHook::Input, 0).rule(vec![
                 matches(meta(MetaKey::Iif), Operator::NEQ, text("lo")),
-                by_route("route_filter"),
+                by_route(names::ROUTE_FILTER),
             ]),
             base("filter_forward", NfChainType::Filter, NfHook::Forward, 0)
-                .rule(vec![by_route("route_filter")]),
+                .rule(vec![by_route(names::ROUTE_FILTER)]),
             base("filter_output", NfChainType::Filter, NfHook::Output, 0)
-                .rule(vec![by_route("route_filter")]),
+                .rule(vec![by_route(names::ROUTE_FILTER)]),
             base(
                 "qos_postrouting",
                 NfChainType::Filter,
                 NfHook::Postrouting,
                 0,
             )
-            .rule(vec![by_route("route_qos")]),
+            .rule(vec![by_route(names::ROUTE_QOS)]),
         ]);
     }
 
@@ -768,7 +772,7 @@ impl<'m> Document<'m> {
         let mut qos = Vec::new();
         for r in routes {
             for f in r.families() {
-                let chain = format!("n{}_{}", fam_n(f), r.name);
+                let chain = names::nat_chain(f, &r.name);
                 for &l4 in &r.l4 {
                     for &p in &r.ports {
                         let i = 2 * usize::from(f == Family::V6) + usize::from(p.first != p.last);
@@ -781,14 +785,18 @@ impl<'m> Document<'m> {
                     }
                 }
             }
-            filter.push(Element::mark(r.mark, format!("f_{}", r.name)));
+            filter.push(Element::mark(r.mark, names::filter_chain(&r.name)));
             match r.snat {
                 Snat::None => {}
-                Snat::Masquerade => snat.push(Element::mark(r.mark, "masq".into())),
-                Snat::MasqueradeRandom => snat.push(Element::mark(r.mark, "masq_random".into())),
+                Snat::Masquerade => {
+                    snat.push(Element::mark(r.mark, names::masquerade_chain(false).into()))
+                }
+                Snat::MasqueradeRandom => {
+                    snat.push(Element::mark(r.mark, names::masquerade_chain(true).into()));
+                }
             }
             if let Some(q) = r.qos {
-                qos.push(Element::mark(r.mark, format!("qos_cs{q}")));
+                qos.push(Element::mark(r.mark, names::qos_chain(q)));
             }
         }
         let [dnat4, dnat4_range, dnat6, dnat6_range] = dnat;
@@ -812,9 +820,9 @@ impl<'m> Document<'m> {
                 with_addr(SetType::Ipv6Addr),
                 dnat6_addr_range,
             ),
-            ("route_filter", vec![SetType::Mark], filter),
-            ("route_snat", vec![SetType::Mark], snat),
-            ("route_qos", vec![SetType::Mark], qos),
+            (names::ROUTE_FILTER, vec![SetType::Mark], filter),
+            (names::ROUTE_SNAT, vec![SetType::Mark], snat),
+            (names::ROUTE_QOS, vec![SetType::Mark], qos),
         ];
         for (name, key, mut elements) in maps {
             // nft lists elements in the order they were added: the text script's order,
@@ -970,7 +978,7 @@ fn sort_flags(value: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{SizeUnit, TimeUnit};
+    use crate::types::{SizeUnit, TimeUnit};
 
     /// A limit statement in nft's text syntax, to compare with the text renderer's.
     fn limit_text(l: &stmt::Limit<'_>) -> String {

@@ -3,7 +3,7 @@
 //!
 //! Pure: no clock, no environment, no hash order. Large scripts are rendered on several
 //! threads; the text does not depend on how many. The only user text that reaches the
-//! output is the comment, sanitised by [`sanitize_comment`]; names were validated to
+//! output is the comment, sanitised by [`crate::nft::comment::sanitize`]; names were validated to
 //! `[a-z][a-z0-9_-]` and are always behind a prefix, so they cannot be keywords.
 
 pub mod json;
@@ -17,8 +17,9 @@ use ipnet::IpNet;
 use minijinja::value::{Object, ObjectRepr, Value};
 use serde::Serialize;
 
-use crate::config::{ByteRate, Rate, L4};
 use crate::model::{Family, KernelPort, KernelRoute, KernelTarget, Model, Snat, Spread};
+use crate::nft::names::{self, SetKind};
+use crate::types::{ByteRate, Rate, L4};
 
 const TEMPLATE: &str = include_str!("../../templates/ruleset.nft.j2");
 const ROUTE_OBJECTS_TEMPLATE: &str = include_str!("../../templates/route-objects.nft.j2");
@@ -28,176 +29,6 @@ const ROUTE_CHAINS_TEMPLATE: &str = include_str!("../../templates/route-chains.n
 /// another output.
 pub(crate) fn template_texts() -> String {
     [TEMPLATE, ROUTE_OBJECTS_TEMPLATE, ROUTE_CHAINS_TEMPLATE].concat()
-}
-
-/// Words nft 1.0.6 refuses as a table name (each tried with `nft -c`).
-const NFT_KEYWORDS: &[&str] = &[
-    "accept",
-    "add",
-    "ah",
-    "all",
-    "and",
-    "arp",
-    "bridge",
-    "cgroup",
-    "chain",
-    "comment",
-    "comp",
-    "constant",
-    "continue",
-    "counter",
-    "cpu",
-    "create",
-    "ct",
-    "day",
-    "dccp",
-    "define",
-    "delete",
-    "describe",
-    "device",
-    "devices",
-    "dnat",
-    "drop",
-    "dst",
-    "dup",
-    "dynamic",
-    "ecn",
-    "element",
-    "elements",
-    "esp",
-    "ether",
-    "exists",
-    "expires",
-    "export",
-    "exthdr",
-    "fib",
-    "flags",
-    "flow",
-    "flowtable",
-    "flush",
-    "frag",
-    "fwd",
-    "get",
-    "goto",
-    "handle",
-    "hbh",
-    "hook",
-    "hour",
-    "ibriport",
-    "ibrname",
-    "icmp",
-    "icmpv6",
-    "igmp",
-    "iif",
-    "iifgroup",
-    "iifname",
-    "iiftype",
-    "import",
-    "include",
-    "index",
-    "inet",
-    "insert",
-    "interval",
-    "ip",
-    "ip6",
-    "ipsec",
-    "jhash",
-    "jump",
-    "limit",
-    "list",
-    "log",
-    "lt",
-    "map",
-    "mark",
-    "masquerade",
-    "meta",
-    "meter",
-    "mh",
-    "missing",
-    "monitor",
-    "ne",
-    "netdev",
-    "nftrace",
-    "not",
-    "notrack",
-    "numgen",
-    "obriport",
-    "obrname",
-    "offload",
-    "oif",
-    "oifgroup",
-    "oifname",
-    "oiftype",
-    "or",
-    "osf",
-    "pkttype",
-    "policy",
-    "position",
-    "priority",
-    "queue",
-    "quota",
-    "random",
-    "redefine",
-    "redirect",
-    "reject",
-    "rename",
-    "replace",
-    "reset",
-    "return",
-    "rt",
-    "rt0",
-    "rt2",
-    "rtclassid",
-    "rule",
-    "ruleset",
-    "sctp",
-    "secmark",
-    "set",
-    "size",
-    "skgid",
-    "skuid",
-    "snat",
-    "socket",
-    "srh",
-    "symhash",
-    "synproxy",
-    "table",
-    "tcp",
-    "th",
-    "time",
-    "timeout",
-    "tproxy",
-    "type",
-    "typeof",
-    "udp",
-    "udplite",
-    "undefine",
-    "update",
-    "vlan",
-    "vmap",
-    "xt",
-];
-
-pub fn is_nft_keyword(word: &str) -> bool {
-    NFT_KEYWORDS.binary_search(&word).is_ok()
-}
-
-/// Makes free text safe inside an nft comment: no `"`, no `\\`, no control characters
-/// (each becomes a space), no bidi controls or invisible separators (dropped: they would
-/// make the listing read other than it is), at most 128 bytes (cut on a character boundary).
-pub fn sanitize_comment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(128));
-    for c in text.chars() {
-        let c = if c.is_control() { ' ' } else { c };
-        if c == '"' || c == '\\' || crate::diag::is_bidi_or_invisible(c) {
-            continue;
-        }
-        if out.len() + c.len_utf8() > 128 {
-            break;
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -329,37 +160,39 @@ impl MapElements {
                     let i = 2 * usize::from(f == Family::V6) + usize::from(p.first != p.last);
                     if r.addresses.is_empty() {
                         self.dnat[i].push(format!(
-                            "{} . {p} : jump n{}_{}",
+                            "{} . {p} : jump {}",
                             l4.as_str(),
-                            fam_n(f),
-                            r.name
+                            names::nat_chain(f, &r.name)
                         ));
                     }
                     for a in r.addresses.iter().filter(|a| Family::of(a) == f) {
                         self.dnat_addr[i].push(format!(
-                            "{a} . {} . {p} : jump n{}_{}",
+                            "{a} . {} . {p} : jump {}",
                             l4.as_str(),
-                            fam_n(f),
-                            r.name
+                            names::nat_chain(f, &r.name)
                         ));
                     }
                 }
             }
         }
-        self.filter.push(format!("{mark} : jump f_{}", r.name));
+        self.filter
+            .push(format!("{mark} : jump {}", names::filter_chain(&r.name)));
         match r.snat {
             Snat::None => {}
             Snat::Masquerade => {
                 self.masquerade = true;
-                self.snat.push(format!("{mark} : jump masq"));
+                self.snat
+                    .push(format!("{mark} : jump {}", names::masquerade_chain(false)));
             }
             Snat::MasqueradeRandom => {
                 self.masquerade_random = true;
-                self.snat.push(format!("{mark} : jump masq_random"));
+                self.snat
+                    .push(format!("{mark} : jump {}", names::masquerade_chain(true)));
             }
         }
         if let Some(q) = r.qos {
-            self.qos.push(format!("{mark} : jump qos_cs{q}"));
+            self.qos
+                .push(format!("{mark} : jump {}", names::qos_chain(q)));
             self.qos_classes.push(q);
         }
     }
@@ -576,10 +409,7 @@ pub(crate) fn hex(v: u32) -> String {
 }
 
 pub(crate) fn fam_n(f: Family) -> &'static str {
-    match f {
-        Family::V4 => "4",
-        Family::V6 => "6",
-    }
+    names::family_digit(f)
 }
 
 pub(crate) fn fam_ip(f: Family) -> &'static str {
@@ -654,9 +484,9 @@ const MIN_BYTE_BUCKET: u64 = 128 * 1024;
 /// bytes; 0 (none) for caps of at least that much per unit.
 pub(crate) fn byte_burst(r: &ByteRate) -> u64 {
     let unit_bytes: u64 = match r.size {
-        crate::config::SizeUnit::Bytes => 1,
-        crate::config::SizeUnit::Kbytes => 1024,
-        crate::config::SizeUnit::Mbytes => 1024 * 1024,
+        crate::types::SizeUnit::Bytes => 1,
+        crate::types::SizeUnit::Kbytes => 1024,
+        crate::types::SizeUnit::Mbytes => 1024 * 1024,
     };
     MIN_BYTE_BUCKET.saturating_sub(r.amount.saturating_mul(unit_bytes))
 }
@@ -701,7 +531,7 @@ fn addr_port(addr: IpAddr, port: u16) -> String {
     }
 }
 
-pub(crate) fn port_map_text(from: crate::config::PortRange, to_first: u16) -> String {
+pub(crate) fn port_map_text(from: crate::types::PortRange, to_first: u16) -> String {
     let mut out = String::from("th dport map { ");
     for (i, p) in (from.first..=from.last).enumerate() {
         if i > 0 {
@@ -766,8 +596,8 @@ pub(crate) fn slot_text((a, b): (u32, u32)) -> String {
 
 pub(crate) fn selector(spread: &Spread, family: Family) -> String {
     match spread.affinity {
-        crate::config::Affinity::None => "numgen random".to_owned(),
-        crate::config::Affinity::Source => format!("jhash {} saddr", fam_ip(family)),
+        crate::types::Affinity::None => "numgen random".to_owned(),
+        crate::types::Affinity::Source => format!("jhash {} saddr", fam_ip(family)),
     }
 }
 
@@ -778,11 +608,6 @@ pub(crate) fn refuses(r: &KernelRoute) -> bool {
         || !r.block.is_empty()
         || r.max_connections.is_some()
         || r.rate_limit.is_some()
-}
-
-/// Set names of a route per family; the JSON renderer uses the same names.
-pub(crate) fn set_name(kind: &str, family: Family, route: &str) -> String {
-    format!("{kind}{}_{route}", fam_n(family))
 }
 
 impl<'a> View<'a> {
@@ -826,19 +651,19 @@ impl<'a> View<'a> {
             dispatch("dnat6_addr", v6, false, dnat6_addr),
             dispatch("dnat6_addr_range", v6, true, dnat6_addr_range),
             MapView {
-                name: "route_filter",
+                name: names::ROUTE_FILTER,
                 kind: "mark : verdict",
                 interval: false,
                 elements: filter,
             },
             MapView {
-                name: "route_snat",
+                name: names::ROUTE_SNAT,
                 kind: "mark : verdict",
                 interval: false,
                 elements: snat,
             },
             MapView {
-                name: "route_qos",
+                name: names::ROUTE_QOS,
                 kind: "mark : verdict",
                 interval: false,
                 elements: qos,
@@ -883,7 +708,7 @@ impl RouteView {
             let block = if block_elems.is_empty() {
                 None
             } else if r.use_ip_sets {
-                let name = set_name("block", f, &r.name);
+                let name = names::set(SetKind::Block, f, &r.name);
                 sets.push(SetView {
                     name: name.clone(),
                     kind: fam_addr_type(f),
@@ -898,7 +723,7 @@ impl RouteView {
             let allow = r.allow.as_ref().map(|list| {
                 let elems = elements(list);
                 if r.use_ip_sets {
-                    let name = set_name("allow", f, &r.name);
+                    let name = names::set(SetKind::Allow, f, &r.name);
                     sets.push(SetView {
                         name: name.clone(),
                         kind: fam_addr_type(f),
@@ -914,7 +739,7 @@ impl RouteView {
                 }
             });
             let conn = r.max_connections.map(|_| {
-                let name = set_name("conn", f, &r.name);
+                let name = names::set(SetKind::Conn, f, &r.name);
                 sets.push(SetView {
                     name: name.clone(),
                     kind: fam_addr_type(f),
@@ -925,7 +750,7 @@ impl RouteView {
                 name
             });
             let closed = r.max_connections.map(|_| {
-                let name = set_name("closed", f, &r.name);
+                let name = names::set(SetKind::Closed, f, &r.name);
                 sets.push(SetView {
                     name: name.clone(),
                     kind: fam_addr_type(f),
@@ -936,7 +761,7 @@ impl RouteView {
                 name
             });
             let rate = r.rate_limit.as_ref().map(|rl| {
-                let name = set_name("rate", f, &r.name);
+                let name = names::set(SetKind::Rate, f, &r.name);
                 sets.push(SetView {
                     name: name.clone(),
                     kind: fam_addr_type(f),
@@ -959,7 +784,7 @@ impl RouteView {
         let nat = families
             .iter()
             .map(|&f| {
-                let chain = format!("n{}_{}", fam_n(f), r.name);
+                let chain = names::nat_chain(f, &r.name);
                 match r.spread(f) {
                     None => NatView {
                         chain,
@@ -975,7 +800,7 @@ impl RouteView {
                             .zip(slot_list)
                             .enumerate()
                             .map(|(i, (t, s))| TargetView {
-                                chain: format!("t{}_{}_{i}", fam_n(f), r.name),
+                                chain: names::target_chain(f, &r.name, i),
                                 slots: slot_text(s),
                                 stmt: target_stmt(&r.l4, f, t),
                             })
@@ -1009,33 +834,7 @@ impl RouteView {
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
-
-    #[test]
-    fn sanitize_comment_drops_bidi_and_invisible_characters() {
-        assert_eq!(
-            sanitize_comment("a\u{202e}b\u{200b}c\u{1b}d\u{2028}e\u{feff}\"f\\"),
-            "abc def"
-        );
-    }
-
-    #[test]
-    fn keywords_are_sorted_for_binary_search() {
-        assert!(NFT_KEYWORDS.windows(2).all(|w| w[0] < w[1]));
-        assert!(is_nft_keyword("ip") && is_nft_keyword("counter") && !is_nft_keyword("smartproxy"));
-    }
-
-    #[test]
-    fn comments_lose_quotes_backslashes_and_control_characters() {
-        assert_eq!(
-            sanitize_comment("a \"b\" \\c\nflush ruleset;}"),
-            "a b c flush ruleset;}"
-        );
-        let long = "é".repeat(100);
-        let cut = sanitize_comment(&long);
-        assert!(cut.len() <= 128 && cut.chars().all(|c| c == 'é'));
-    }
 
     #[test]
     fn the_script_does_not_depend_on_how_many_slices_render_it() {

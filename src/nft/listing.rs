@@ -2,11 +2,13 @@
 //! into the units plan and apply work with: table-level text, and per route its objects
 //! (counter, sets, chains) and the map elements it owns.
 //!
-//! Ownership follows the names the renderer gives: `c_<r>`, `(allow|block|conn|rate)(4|6)_<r>`,
-//! `n4_<r>`, `n6_<r>`, `t4_<r>_<i>`, `t6_<r>_<i>`, `f_<r>`, `x_<r>`; a map element belongs to
-//! the route its verdict jumps to, or (for the mark-keyed maps) whose mark it carries.
+//! Ownership follows the names the renderer gives ([`super::names::owner`]); a map element
+//! belongs to the route its verdict jumps to, or (for the mark-keyed maps) whose mark it
+//! carries. Pure text parsing: no kernel, no I/O.
 
 use std::collections::BTreeMap;
+
+pub use super::names::owner;
 
 /// One top-level object of the table, as listed.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -136,45 +138,6 @@ impl Listing {
     }
 }
 
-/// The route that owns an object name, if any.
-pub fn owner(kind: &str, name: &str) -> Option<String> {
-    let strip_index = |rest: &str| -> Option<String> {
-        let (route, index) = rest.rsplit_once('_')?;
-        index
-            .chars()
-            .all(|c| c.is_ascii_digit())
-            .then(|| route.to_owned())
-    };
-    match kind {
-        "counter" => name.strip_prefix("c_").map(str::to_owned),
-        "set" => [
-            "allow4_", "allow6_", "block4_", "block6_", "conn4_", "conn6_", "closed4_", "closed6_",
-            "rate4_", "rate6_",
-        ]
-        .iter()
-        .find_map(|p| name.strip_prefix(p))
-        .map(str::to_owned),
-        "chain" => {
-            if let Some(r) = name
-                .strip_prefix("n4_")
-                .or_else(|| name.strip_prefix("n6_"))
-            {
-                Some(r.to_owned())
-            } else if let Some(r) = name
-                .strip_prefix("t4_")
-                .or_else(|| name.strip_prefix("t6_"))
-            {
-                strip_index(r)
-            } else {
-                name.strip_prefix("f_")
-                    .or_else(|| name.strip_prefix("x_"))
-                    .map(str::to_owned)
-            }
-        }
-        _ => None,
-    }
-}
-
 /// Splits `elements = { a, b,\n c }` text (already joined) into elements.
 fn split_elements(body: &str) -> Vec<String> {
     body.split(',')
@@ -246,11 +209,14 @@ pub fn parse(listing: &str) -> Listing {
     let mut mark_owner = BTreeMap::new();
     for o in objects
         .iter()
-        .filter(|o| o.kind == "map" && o.name == "route_filter")
+        .filter(|o| o.kind == "map" && o.name == super::names::ROUTE_FILTER)
     {
         for e in &o.elements {
             if let Some((mark, verdict)) = e.split_once(" : ") {
-                if let Some(route) = verdict.strip_prefix("jump f_") {
+                if let Some(route) = verdict
+                    .strip_prefix("jump ")
+                    .and_then(super::names::route_of_filter_chain)
+                {
                     mark_owner.insert(mark.to_owned(), route.to_owned());
                 }
             }
@@ -270,7 +236,7 @@ pub fn parse(listing: &str) -> Listing {
                 match owner {
                     Some(route) => {
                         let unit = listing.routes.entry(route).or_default();
-                        if o.name == "route_filter" {
+                        if o.name == super::names::ROUTE_FILTER {
                             unit.mark = e.split_once(" : ").map(|(k, _)| k.to_owned());
                         }
                         unit.elements.push((o.name.clone(), e.clone()));
@@ -451,18 +417,5 @@ mod tests {
             .text()
             .contains("elements = { 192.0.2.66, 192.0.2.128/25 }"));
         assert!(l.table.iter().any(|o| o.name == "masq"));
-    }
-
-    #[test]
-    fn owner_strips_prefixes_and_target_indexes() {
-        assert_eq!(
-            owner("chain", "t4_my_route_12").as_deref(),
-            Some("my_route")
-        );
-        assert_eq!(owner("chain", "f_ip").as_deref(), Some("ip"));
-        assert_eq!(owner("chain", "filter_forward"), None);
-        assert_eq!(owner("set", "rate6_x-y").as_deref(), Some("x-y"));
-        assert_eq!(owner("set", "closed4_x-y").as_deref(), Some("x-y"));
-        assert_eq!(owner("counter", "c_web").as_deref(), Some("web"));
     }
 }
