@@ -353,6 +353,8 @@ fn a_hung_nft_times_out_names_the_command_and_frees_the_lock() {
         "names the timeout and the flag:\n{}",
         show(&o)
     );
+    // SIGKILLed with its group; it may take a moment to be gone from /proc.
+    common::wait_until(Duration::from_secs(2), || processes_with(&mark).is_empty());
     assert!(
         processes_with(&mark).is_empty(),
         "the hung nft's sleep was left running: {:?}",

@@ -290,10 +290,21 @@ fn wait_until(child: &mut Child, deadline: Instant) -> io::Result<Option<ExitSta
 /// SIGKILL to the child's process group (a wrapper script and its `sleep` too), then reap
 /// the child.
 fn kill_group(child: &mut Child) {
-    let _ = rustix::process::kill_process_group(Pid::from_child(child), Signal::KILL);
+    let group = Pid::from_child(child);
+    let _ = rustix::process::kill_process_group(group, Signal::KILL);
     let _ = child.kill();
     let _ = child.wait();
+    // The group's other members (a wrapper's `sleep`) die on their own time: give them a
+    // moment, so that none is left when the caller reports the timeout. Bounded, because a
+    // zombie that nobody reaps still counts as a member.
+    let until = Instant::now() + GROUP_EXIT_WAIT;
+    while rustix::process::test_kill_process_group(group).is_ok() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
+
+/// How long [`kill_group`] waits for the rest of a killed process group to exit.
+const GROUP_EXIT_WAIT: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
