@@ -1,5 +1,7 @@
-//! The kernel seam: the only code that runs `nft`. Plan and apply talk to a [`Kernel`];
-//! [`nft::NftKernel`] is the real one, [`fake::FakeKernel`] an in-memory one for tests.
+//! The kernel seam. Plan and apply talk to a [`Kernel`]; [`nft::NftKernel`] is the real
+//! one, [`fake::FakeKernel`] an in-memory one for tests. Not yet the only code that spawns
+//! processes: the confirm watchdog's `setsid` (`crate::confirm`) and serve's capability
+//! probe still live outside (issue 11 moves them here).
 //!
 //! Only our own table is ever read (`list table inet NAME`), never the whole ruleset.
 //! Every external command runs through [`exec`]: a script reaches nft whole or not at all,
