@@ -14,7 +14,6 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::kernel::nft::NftKernel;
@@ -296,15 +295,18 @@ pub(crate) fn arm_watchdog(
 /// line, which it prints once it holds the rollback in memory.
 fn spawn_watchdog(table: &str, token: &str, deadline_ms: u64) -> Result<Watchdog, String> {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("smartproxy"));
-    let mut child = Command::new("setsid")
-        .arg(exe)
-        .args(["__watchdog", "--table", table, "--token", token])
-        .args(["--deadline-ms", &deadline_ms.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("setsid: {e}"))?;
+    let deadline = deadline_ms.to_string();
+    let args = [
+        "__watchdog",
+        "--table",
+        table,
+        "--token",
+        token,
+        "--deadline-ms",
+        &deadline,
+    ];
+    let mut child =
+        crate::kernel::exec::spawn_session(&exe, &args).map_err(|e| format!("setsid: {e}"))?;
     let mut line = String::new();
     if let Some(out) = child.stdout.take() {
         let _ = BufReader::new(out).read_line(&mut line);

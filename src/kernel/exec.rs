@@ -76,6 +76,21 @@ pub(crate) enum Inherit {
     Nothing,
 }
 
+/// Starts `program args` detached in a session of its own (`setsid`: it survives SIGKILL of
+/// this process and a hung-up terminal, and stays in this network namespace), with its
+/// stdout piped to us and nothing else. It inherits none of our table locks (every lock
+/// file is opened close-on-exec) and gets no deadline: it is the confirm watchdog, which
+/// must outlive us.
+pub fn spawn_session(program: &std::path::Path, args: &[&str]) -> io::Result<Child> {
+    Command::new("setsid")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+}
+
 /// Runs `program args`, nothing on stdin, within [`timeout`]; its output whatever its exit
 /// status. `Err` only when it cannot be started or runs out of time.
 pub fn output(program: &str, args: &[&str]) -> Result<Output, KernelError> {

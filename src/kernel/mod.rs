@@ -1,7 +1,7 @@
 //! The kernel seam. Plan and apply talk to a [`Kernel`]; [`nft::NftKernel`] is the real
-//! one, [`fake::FakeKernel`] an in-memory one for tests. Not yet the only code that spawns
-//! processes: the confirm watchdog's `setsid` (`crate::confirm`) and serve's capability
-//! probe still live outside (issue 11 moves them here).
+//! one, [`fake::FakeKernel`] an in-memory one for tests. The only code that spawns
+//! processes (nft, unshare, conntrack, the watchdog's `setsid`); serve's capability probe,
+//! which only reads `/proc`, still lives in `serve::kernel`.
 //!
 //! Only our own table is ever read (`list table inet NAME`), never the whole ruleset.
 //! Every external command runs through [`exec`]: a script reaches nft whole or not at all,
