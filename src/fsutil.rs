@@ -13,16 +13,22 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// `bytes` random bytes from the kernel (`/dev/urandom`), for what must be secret.
+pub(crate) fn random_bytes(bytes: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; bytes];
+    File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf))?;
+    Ok(buf)
+}
+
 /// Attempts at a fresh temp name before giving up (each collision is a name that exists).
 const TEMP_ATTEMPTS: usize = 16;
 
-/// 16 random bytes as hex, from the kernel; a time- and pid-based fallback keeps names
-/// unique (not secret) if `/dev/urandom` cannot be read.
+/// `bytes` random bytes as hex, for names: from the kernel, with a time- and pid-based
+/// fallback that keeps names unique (not secret) if `/dev/urandom` cannot be read.
 pub(crate) fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    let read = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
-    if read.is_err() {
+    let buf = random_bytes(bytes).unwrap_or_else(|_| {
         use std::hash::{BuildHasher, Hasher};
+        let mut buf = vec![0u8; bytes];
         for chunk in buf.chunks_mut(8) {
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
             h.write_u32(std::process::id());
@@ -34,7 +40,8 @@ pub(crate) fn random_hex(bytes: usize) -> String {
             let v = h.finish().to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
-    }
+        buf
+    });
     crate::plan::lower_hex(&buf)
 }
 

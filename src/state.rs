@@ -352,14 +352,16 @@ fn seal_key() -> Result<Vec<u8>, StateError> {
             ),
         });
     }
-    let hex = crate::fsutil::random_hex(32);
+    // A key must be secret: no fallback when the kernel gives no random bytes.
+    let key = crate::fsutil::random_bytes(32).map_err(io(Path::new("/dev/urandom")))?;
+    let hex = crate::plan::lower_hex(&key);
     match crate::fsutil::create_once(&p, hex.as_bytes(), FILE_MODE) {
         Ok(()) => {}
         // Another smartproxy made one meanwhile: use that.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return seal_key(),
         Err(e) => return Err(io(&p)(e)),
     }
-    from_hex(&hex).ok_or_else(|| io(&p)(std::io::Error::other("bad key")))
+    Ok(key)
 }
 
 fn from_hex(text: &str) -> Option<Vec<u8>> {

@@ -137,21 +137,10 @@ pub fn table_name(name: &str) -> Result<(), String> {
     if table_name_ok(name) {
         Ok(())
     } else {
-        let shown = |t: &str| -> String {
-            t.chars()
-                .map(|c| {
-                    if c.is_control() {
-                        c.escape_default().to_string()
-                    } else {
-                        c.to_string()
-                    }
-                })
-                .collect()
-        };
         Err(format!(
             "invalid table name `{}`: {}; use [a-z][a-z0-9_]{{0,31}}, not an nft keyword",
-            shown(name),
-            shown(&table_name_problem(name))
+            crate::diag::escape(name),
+            crate::diag::escape(&table_name_problem(name))
         ))
     }
 }
