@@ -194,8 +194,8 @@ pub enum Command {
         watch_interval: f64,
         /// Who carries the kernel routes: nftables when available (auto), nftables or fail
         /// (on), or serve itself (off).
-        #[arg(long, value_enum, default_value_t = crate::serve::kernel::Mode::Auto)]
-        nftables: crate::serve::kernel::Mode,
+        #[arg(long, value_enum, default_value_t = NftablesMode::Auto)]
+        nftables: NftablesMode,
         /// On stop, leave the kernel routes in place (default: remove serve's table).
         #[arg(long)]
         keep_kernel_routes: bool,
@@ -272,4 +272,26 @@ pub enum StatusFormat {
 pub enum OutputFormat {
     Nft,
     Json,
+}
+
+/// `serve --nftables`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NftablesMode {
+    /// Use nftables when `nft` is installed and this process holds CAP_NET_ADMIN; else
+    /// serve the kernel routes in userspace, with a warning.
+    Auto,
+    /// Use nftables, or fail.
+    On,
+    /// Serve every route in userspace.
+    Off,
+}
+
+impl From<NftablesMode> for crate::serve::kernel::Mode {
+    fn from(mode: NftablesMode) -> Self {
+        match mode {
+            NftablesMode::Auto => crate::serve::kernel::Mode::Auto,
+            NftablesMode::On => crate::serve::kernel::Mode::On,
+            NftablesMode::Off => crate::serve::kernel::Mode::Off,
+        }
+    }
 }

@@ -141,7 +141,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             socket_group,
         } => {
             let secs = |s: f64| std::time::Duration::from_secs_f64(s.clamp(0.0, 86_400.0 * 365.0));
-            serve::run(serve::Options {
+            let options = serve::Options {
                 paths,
                 metrics,
                 hello_timeout: secs(hello_timeout),
@@ -149,7 +149,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
                 idle_timeout: secs(idle_timeout).max(std::time::Duration::from_millis(100)),
                 drain_timeout: secs(drain_timeout),
                 watch_interval: secs(watch_interval),
-                nftables,
+                nftables: nftables.into(),
                 keep_kernel_routes,
                 health: serve::health::Options {
                     interval: secs(health_interval),
@@ -158,7 +158,14 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
                     fall: health_fall.max(1),
                 },
                 socket_group,
-            })
+            };
+            match serve::run(
+                options,
+                std::sync::Arc::new(kernel::nft::NftKernel::default()),
+            ) {
+                Ok(()) => EXIT_OK,
+                Err(_) => EXIT_ERROR,
+            }
         }
         Command::Completions { shell } => {
             let mut out = Vec::new();

@@ -15,7 +15,7 @@ use crate::config::{Config, Engine, Protocol, TargetPort, L4};
 use crate::model::{Family, KernelAction, KernelPort, KernelTarget, Model, Snat};
 
 /// `serve --nftables`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Use nftables when `nft` is installed and this process holds CAP_NET_ADMIN; else
     /// serve the kernel routes in userspace, with a warning.
@@ -71,10 +71,14 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Decides who carries the kernel routes (and why nftables is not available, for the
-/// fallback's warning); `Err` for `on` without nftables.
-pub fn choose(mode: Mode) -> Result<(Carrier, Option<String>), String> {
-    match (mode, capability()) {
+/// Decides who carries the kernel routes, given whether this process can change nftables
+/// here (the kernel's `capability`), and why nftables is not available, for the fallback's
+/// warning; `Err` for `on` without nftables.
+pub fn choose(
+    mode: Mode,
+    capability: Result<(), String>,
+) -> Result<(Carrier, Option<String>), String> {
+    match (mode, capability) {
         (Mode::Off, _) => Ok((Carrier::Off, None)),
         (_, Ok(())) => Ok((Carrier::Kernel, None)),
         (Mode::On, Err(why)) => Err(format!(
@@ -183,4 +187,26 @@ pub fn without_down(model: &Model, down: &BTreeSet<SocketAddr>) -> Model {
         }
     }
     model
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_carrier_follows_the_mode_and_the_capability() {
+        let missing = || Err("`nft` is not installed (not found in PATH)".to_owned());
+        assert_eq!(choose(Mode::Auto, Ok(())), Ok((Carrier::Kernel, None)));
+        assert_eq!(choose(Mode::On, Ok(())), Ok((Carrier::Kernel, None)));
+        assert_eq!(choose(Mode::Off, Ok(())), Ok((Carrier::Off, None)));
+        assert_eq!(choose(Mode::Off, missing()), Ok((Carrier::Off, None)));
+        let (carrier, why) = choose(Mode::Auto, missing()).expect("falls back");
+        assert_eq!(carrier, Carrier::Fallback);
+        assert!(why.is_some_and(|w| w.contains("not installed")));
+        let refused = choose(Mode::On, missing()).expect_err("on insists");
+        assert!(
+            refused.starts_with("--nftables on: `nft` is not installed"),
+            "{refused}"
+        );
+    }
 }

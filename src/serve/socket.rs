@@ -41,11 +41,12 @@ pub(super) fn collector() -> Arc<Collector<KernelCounts>> {
 /// What `smartproxy status` and `/metrics` show of both engines: the model's routes with
 /// the kernel's counts (when the kernel carries routes), serve's counts and target health.
 pub(super) async fn status(shared: &Arc<Shared>) -> Status {
-    let model = shared.model();
+    let current = shared.current();
+    let model = current.model();
     let counts = if shared.carrier == Carrier::Kernel {
         let table = model.table.clone();
         let collected = shared
-            .kernel
+            .counts
             .get(move || {
                 let counts = crate::status::kernel_counts(&table);
                 if let Err(e) = &counts {
@@ -61,7 +62,7 @@ pub(super) async fn status(shared: &Arc<Shared>) -> Status {
     } else {
         BTreeMap::new()
     };
-    let mut status = crate::status::from_model(&model, counts);
+    let mut status = crate::status::from_model(model, counts);
     status.serve = Some(ServeInfo {
         pid: std::process::id(),
         nftables: shared.carrier.as_str().to_owned(),
