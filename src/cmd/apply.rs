@@ -65,13 +65,12 @@ pub fn run(kernel: &dyn Kernel, ui: &Ui, a: &Args<'_>) -> Outcome {
     // process dies after the commit, the rollback is already on its way.
     let armed = match a.confirm_timeout {
         Some(secs) => {
-            let rollback = converge::rollback(kernel, &planned)?;
-            let previous_applied = crate::state::read(&table, "applied");
+            let undo = converge::rollback(kernel, &planned)?;
             Some(confirm::arm_watchdog(
                 &table,
                 secs,
-                &rollback,
-                previous_applied.as_deref(),
+                &undo.rollback,
+                undo.previous_applied.as_deref(),
             )?)
         }
         None => None,

@@ -208,10 +208,17 @@ pub fn transaction(planned: &Planned) -> Result<String, Error> {
     Ok(script)
 }
 
+/// What undoes the commit of `planned`, should it not be confirmed.
+pub struct Undo {
+    pub rollback: Rollback,
+    /// The applied record before the commit (`None`: there was none).
+    pub previous_applied: Option<String>,
+}
+
 /// What restores the table as it is now, should the commit of `planned` not be confirmed:
 /// its dump with counters, and the quick inverse of an incremental transaction. Both are
 /// checked by the guard now: the watchdog runs them later.
-pub fn rollback(kernel: &dyn Kernel, planned: &Planned) -> Result<Rollback, Error> {
+pub fn rollback(kernel: &dyn Kernel, planned: &Planned) -> Result<Undo, Error> {
     let p = &planned.plan;
     let dump = kernel.dump_table(&p.table).map_err(Error::Live)?;
     let rollback = Rollback {
@@ -223,7 +230,10 @@ pub fn rollback(kernel: &dyn Kernel, planned: &Planned) -> Result<Rollback, Erro
     if let Some(quick) = &rollback.quick {
         crate::nft::guard::check(quick, &p.table).map_err(Error::RollbackScript)?;
     }
-    Ok(rollback)
+    Ok(Undo {
+        rollback,
+        previous_applied: state::read(&p.table, "applied"),
+    })
 }
 
 pub use crate::confirm::Rollback;
