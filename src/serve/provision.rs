@@ -20,8 +20,8 @@ use crate::plan::Summary;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The converge (or the table's removal) failed, with its cause (nft's own message).
-    #[error("{0}")]
-    Converge(String),
+    #[error(transparent)]
+    Converge(#[from] crate::converge::Error),
     /// The blocking thread that ran it was lost.
     #[error("the kernel work was lost: {0}")]
     Lost(#[from] tokio::task::JoinError),
@@ -91,7 +91,7 @@ impl Provisioner {
                 Provisioned::Absent
             });
         }
-        let converged = crate::commands::converge(&model).map_err(Error::Converge)?;
+        let converged = crate::converge::converge(&*self.kernel, &model)?;
         for w in converged.warnings.iter().take(LOG_DIAGNOSTICS) {
             warn!("{w}");
         }
@@ -128,7 +128,7 @@ impl Provisioner {
 
     /// Deletes table `table`; whether it was there.
     pub fn remove(&self, table: &str) -> Result<bool, Error> {
-        crate::commands::remove_table(table).map_err(Error::Converge)
+        Ok(crate::converge::remove_table(&*self.kernel, table)?)
     }
 
     /// [`Provisioner::provision`] on a blocking thread.
