@@ -6,6 +6,10 @@
 pub mod apply;
 pub mod cache;
 pub mod cli;
+/// The command layer (the lead replaces this with `src/cmd/mod.rs`).
+pub mod cmd {
+    pub mod status;
+}
 pub mod commands;
 pub mod config;
 pub mod confirm;
@@ -118,7 +122,13 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             paths,
             table,
             format,
-        } => status::run(&paths, table.as_deref(), format, color),
+        } => cmd::status::run(
+            &kernel::nft::NftKernel::default(),
+            &paths,
+            table.as_deref(),
+            format,
+            color,
+        ),
         Command::Watchdog {
             table,
             token,
