@@ -108,3 +108,94 @@ pub fn from_counts(table: &str, counts: BTreeMap<String, KernelCounts>) -> Statu
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(routes: &str) -> Model {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("routes.toml");
+        std::fs::write(&path, routes).expect("write routes");
+        let loaded = crate::config::load(&[path]);
+        let cfg = loaded.config.expect("valid routes");
+        let resolver = crate::lower::StaticResolver(BTreeMap::new());
+        crate::lower::lower(&cfg, &resolver).expect("lowers")
+    }
+
+    const ROUTES: &str = r#"
+[settings]
+table = "edge"
+
+[[routes]]
+name = "web"
+[routes.match]
+ports = 8080
+[routes.action]
+targets = [{ host = "198.51.100.2", port = 80 }, { host = "198.51.100.2", port = 80 }]
+
+[[routes]]
+name = "any-port"
+[routes.match]
+ports = "9000-9009"
+[routes.action]
+targets = [{ host = "2001:db8::2", port = "preserve" }]
+
+[[routes]]
+name = "passthrough"
+[routes.match]
+ports = 443
+domains = ["other.example"]
+[routes.action]
+targets = [{ host = "198.51.100.3", port = 443 }]
+[routes.action.tls]
+mode = "passthrough"
+"#;
+
+    fn counts(packets: u64) -> KernelCounts {
+        KernelCounts {
+            packets,
+            bytes: packets * 100,
+            active: 1,
+        }
+    }
+
+    #[test]
+    fn status_lists_the_models_routes_with_their_engines_targets_and_counts() {
+        let kernel = [
+            ("web".to_owned(), counts(3)),
+            ("gone".to_owned(), counts(5)),
+        ];
+        let s = from_model(&model(ROUTES), kernel.into());
+        assert_eq!(s.table, "edge");
+        let names: Vec<&str> = s.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["any-port", "gone", "passthrough", "web"],
+            "sorted, drift kept"
+        );
+        let route = |n: &str| s.routes.iter().find(|r| r.name == n).expect(n);
+        let web = route("web");
+        assert_eq!(web.engine, ENGINE_NFTABLES);
+        assert_eq!(web.kernel, Some(counts(3)));
+        assert_eq!(
+            web.targets,
+            [TargetStatus {
+                target: "198.51.100.2:80".into(),
+                up: None
+            }],
+            "one target, not health-checked"
+        );
+        assert_eq!(route("any-port").targets[0].target, "[2001:db8::2]:*");
+        assert_eq!(route("any-port").kernel, None, "not counted yet");
+        let gone = route("gone");
+        assert_eq!(
+            (gone.engine.as_str(), gone.kernel.clone()),
+            (ENGINE_NFTABLES, Some(counts(5)))
+        );
+        assert!(gone.targets.is_empty());
+        let tls = route("passthrough");
+        assert_eq!(tls.engine, ENGINE_USERSPACE);
+        assert_eq!(tls.targets[0].target, "198.51.100.3:443");
+    }
+}
