@@ -3,34 +3,17 @@
 //! or else the kernel's counts, the renderer, the output and the exit code.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
+use super::{report, warn, Error, Outcome, Ui, EXIT_OK};
 use crate::cli::StatusFormat;
 use crate::kernel::Kernel;
 use crate::model::Model;
-use crate::{config, diag, lower, status};
-use crate::{EXIT_ERROR, EXIT_OK};
-
-/// Loads and lowers the route files; prints their diagnostics when they are invalid.
-fn load_model(paths: &[PathBuf], color: bool) -> Option<Model> {
-    let loaded = config::load(paths);
-    let report = |diags: &[diag::Diagnostic]| {
-        let color = color && std::io::stderr().is_terminal();
-        let text = diag::render(&loaded.sources, diags, diag::Format::Text, color);
-        let _ = std::io::stderr().write_all(text.as_bytes());
-    };
-    let Some(cfg) = loaded.config.as_ref().filter(|_| !loaded.has_errors()) else {
-        report(&loaded.diagnostics);
-        return None;
-    };
-    lower::lower(cfg, &lower::SystemResolver)
-        .map_err(|diags| report(&diags))
-        .ok()
-}
+use crate::{config, lower, status};
 
 /// Exit 0, also when the table does not exist; 1 when the route files are invalid or the
-/// kernel cannot be read.
+/// kernel cannot be read (the error printed by [`super::exit`]).
 pub fn run(
     kernel: &dyn Kernel,
     paths: &[PathBuf],
@@ -38,13 +21,43 @@ pub fn run(
     format: StatusFormat,
     color: bool,
 ) -> i32 {
+    super::exit(flow(kernel, &Ui { color }, paths, table, format))
+}
+
+/// Loads and lowers the route files; shows their diagnostics only when they are invalid
+/// (status says nothing about the warnings of valid files).
+fn load_model(ui: &Ui, paths: &[PathBuf]) -> Result<Model, Error> {
+    let loaded = config::load(paths);
+    let Some(cfg) = loaded.config.as_ref().filter(|_| !loaded.has_errors()) else {
+        report(ui, &loaded.sources, &loaded.diagnostics);
+        return Err(Error::Shown);
+    };
+    lower::lower(cfg, &lower::SystemResolver).map_err(|diags| {
+        report(ui, &loaded.sources, &diags);
+        Error::Shown
+    })
+}
+
+/// The kernel's failure keeps its type; a listing status cannot read keeps its text.
+fn failed(e: status::Error) -> Error {
+    match e {
+        status::Error::Kernel(k) => Error::Kernel(k),
+        other => Error::msg(other.to_string()),
+    }
+}
+
+/// The flow of [`run`], its error not yet printed.
+pub fn flow(
+    kernel: &dyn Kernel,
+    ui: &Ui,
+    paths: &[PathBuf],
+    table: Option<&str>,
+    format: StatusFormat,
+) -> Outcome {
     let model = if paths.is_empty() {
         None
     } else {
-        match load_model(paths, color) {
-            Some(m) => Some(m),
-            None => return EXIT_ERROR,
-        }
+        Some(load_model(ui, paths)?)
     };
     let table = table
         .map(str::to_owned)
@@ -52,13 +65,9 @@ pub fn run(
         .unwrap_or_else(|| "smartproxy".to_owned());
     let (mut shown, absent) = match status::ask_serve(&table) {
         Some(s) => (s, false),
-        None => match status::read_kernel(kernel, &table) {
-            Err(e) => {
-                eprintln!("error: {e}");
-                return EXIT_ERROR;
-            }
-            Ok(None) => (status::from_counts(&table, BTreeMap::new()), true),
-            Ok(Some(counts)) => match &model {
+        None => match status::read_kernel(kernel, &table).map_err(failed)? {
+            None => (status::from_counts(&table, BTreeMap::new()), true),
+            Some(counts) => match &model {
                 Some(m) => {
                     let mut s = status::from_model(m, counts);
                     s.table.clone_from(&table);
@@ -69,7 +78,9 @@ pub fn run(
         },
     };
     shown.pending_confirm = crate::confirm::pending(&table);
-    crate::confirm::warn_pending(&table);
+    if let Some(p) = &shown.pending_confirm {
+        warn(&p.notice);
+    }
     let out = match format {
         StatusFormat::Text if absent => format!(
             "table inet {table} does not exist in this network namespace (nothing applied)\n"
@@ -79,5 +90,5 @@ pub fn run(
         StatusFormat::Prometheus => status::render_prometheus(&shown, true),
     };
     let _ = std::io::stdout().write_all(out.as_bytes());
-    EXIT_OK
+    Ok(EXIT_OK)
 }
