@@ -15,7 +15,7 @@
 //! - [`client`]: asking a running serve over its socket.
 //!
 //! Nothing here prints; the flow (which table, which renderer, the exit code) is
-//! `crate::cmd::status`.
+//! the command layer's (`src/cmd/status.rs`).
 
 pub mod build;
 pub mod client;
