@@ -6,48 +6,15 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
-use super::{report, warn, Error, Outcome, Ui, EXIT_OK};
+use super::{warn, Outcome, Ui, EXIT_OK};
 use crate::cli::StatusFormat;
 use crate::kernel::Kernel;
-use crate::model::Model;
-use crate::{config, lower, status};
+use crate::status;
 
 /// Exit 0, also when the table does not exist; 1 when the route files are invalid or the
-/// kernel cannot be read (the error printed by [`super::exit`]).
+/// kernel cannot be read. The route files' warnings are not shown (status reports on the
+/// kernel, not on the files).
 pub fn run(
-    kernel: &dyn Kernel,
-    paths: &[PathBuf],
-    table: Option<&str>,
-    format: StatusFormat,
-    color: bool,
-) -> i32 {
-    super::exit(flow(kernel, &Ui { color }, paths, table, format))
-}
-
-/// Loads and lowers the route files; shows their diagnostics only when they are invalid
-/// (status says nothing about the warnings of valid files).
-fn load_model(ui: &Ui, paths: &[PathBuf]) -> Result<Model, Error> {
-    let loaded = config::load(paths);
-    let Some(cfg) = loaded.config.as_ref().filter(|_| !loaded.has_errors()) else {
-        report(ui, &loaded.sources, &loaded.diagnostics);
-        return Err(Error::Shown);
-    };
-    lower::lower(cfg, &lower::SystemResolver).map_err(|diags| {
-        report(ui, &loaded.sources, &diags);
-        Error::Shown
-    })
-}
-
-/// The kernel's failure keeps its type; a listing status cannot read keeps its text.
-fn failed(e: status::Error) -> Error {
-    match e {
-        status::Error::Kernel(k) => Error::Kernel(k),
-        other => Error::msg(other.to_string()),
-    }
-}
-
-/// The flow of [`run`], its error not yet printed.
-pub fn flow(
     kernel: &dyn Kernel,
     ui: &Ui,
     paths: &[PathBuf],
@@ -57,7 +24,7 @@ pub fn flow(
     let model = if paths.is_empty() {
         None
     } else {
-        Some(load_model(ui, paths)?)
+        Some(super::load_model_with(ui, paths, false)?)
     };
     let table = table
         .map(str::to_owned)
@@ -65,7 +32,7 @@ pub fn flow(
         .unwrap_or_else(|| "smartproxy".to_owned());
     let (mut shown, absent) = match status::ask_serve(&table) {
         Some(s) => (s, false),
-        None => match status::read_kernel(kernel, &table).map_err(failed)? {
+        None => match status::read_kernel(kernel, &table)? {
             None => (status::from_counts(&table, BTreeMap::new()), true),
             Some(counts) => match &model {
                 Some(m) => {
