@@ -52,6 +52,12 @@ pub trait Kernel: Sync {
     fn normalise(&self, script: &str, table: &str) -> Result<String, KernelError>;
     /// Base chains of every table (`nft -j list chains`), for preflight checks.
     fn list_chains_json(&self) -> Result<String, KernelError>;
+    /// `nft -j list table inet NAME` (counters with values), `None` when the table is absent.
+    fn list_table_json(&self, table: &str) -> Result<Option<String>, KernelError>;
+    /// `conntrack -L` of this network namespace, `Ok(None)` when conntrack-tools is missing.
+    fn conntrack_entries(&self) -> Result<Option<String>, KernelError>;
+    /// Whether this process can change nftables here (nft found on PATH, CAP_NET_ADMIN); why not.
+    fn capability(&self) -> Result<(), String>;
     /// The namespace's ruleset generation ([`generation`]), `None` when unknown: every
     /// committed transaction changes it.
     fn generation(&self) -> Option<u32> {

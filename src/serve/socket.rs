@@ -48,7 +48,8 @@ pub(super) async fn status(shared: &Arc<Shared>) -> Status {
         let collected = shared
             .counts
             .get(move || {
-                let counts = crate::status::kernel_counts(&table);
+                let counts =
+                    crate::status::kernel_counts(&crate::kernel::nft::NftKernel::default(), &table);
                 if let Err(e) = &counts {
                     warn!("status: cannot read the kernel's counters: {e}");
                 }
