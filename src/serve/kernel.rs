@@ -1,15 +1,15 @@
 //! serve's kernel side: which engine carries the file's nftables routes, and their table.
 //!
-//! With nftables available (`--nftables auto` finds `nft` and CAP_NET_ADMIN; `on` insists),
-//! serve provisions the kernel routes with the plan/apply code on start (adopting a table
-//! of the same name), changes them incrementally on reload and when a target's health
-//! changes, and removes the table on stop. Without it (`auto` falling back, or `off`), the
-//! kernel routes are served in userspace; the routes userspace cannot serve (UDP,
-//! `preserve_source_ip`) make start-up fail, named.
+//! With nftables available (`--nftables auto` asks the kernel seam whether `nft` and
+//! CAP_NET_ADMIN are there; `on` insists), serve provisions the kernel routes through
+//! [`super::provision`] on start (adopting a table of the same name), changes them
+//! incrementally on reload and when a target's health changes, and removes the table on
+//! stop. Without it (`auto` falling back, or `off`), the kernel routes are served in
+//! userspace; the routes userspace cannot serve (UDP, `preserve_source_ip`) make start-up
+//! fail, named.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
 
 use crate::config::{Config, Engine, Protocol, TargetPort, L4};
 use crate::model::{Family, KernelAction, KernelPort, KernelTarget, Model, Snat};
@@ -43,32 +43,6 @@ impl Carrier {
             Carrier::Off => "off",
         }
     }
-}
-
-/// Whether this process can manage nftables in its network namespace; why not.
-pub fn capability() -> Result<(), String> {
-    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| is_executable(&dir.join("nft")))
-    });
-    if !on_path {
-        return Err("`nft` is not installed (not found in PATH)".into());
-    }
-    // CAP_NET_ADMIN is bit 12 of the effective set.
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0);
-    if effective & (1 << 12) == 0 {
-        return Err("this process lacks CAP_NET_ADMIN in its network namespace".into());
-    }
-    Ok(())
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Decides who carries the kernel routes, given whether this process can change nftables

@@ -45,11 +45,11 @@ pub(super) async fn status(shared: &Arc<Shared>) -> Status {
     let model = current.model();
     let counts = if shared.carrier == Carrier::Kernel {
         let table = model.table.clone();
+        let kernel = shared.provisioner.kernel().clone();
         let collected = shared
             .counts
             .get(move || {
-                let counts =
-                    crate::status::kernel_counts(&crate::kernel::nft::NftKernel::default(), &table);
+                let counts = crate::status::kernel_counts(&*kernel, &table);
                 if let Err(e) = &counts {
                     warn!("status: cannot read the kernel's counters: {e}");
                 }

@@ -59,7 +59,7 @@ fn start_and_serve(
     kernel: Arc<dyn Kernel + Send + Sync>,
     signals: Option<UnboundedReceiver<Signal>>,
 ) -> Result<(), Error> {
-    let carrier = match kernel::choose(options.nftables, kernel::capability()) {
+    let carrier = match kernel::choose(options.nftables, kernel.capability()) {
         Ok((carrier, None)) => carrier,
         Ok((carrier, Some(why))) => {
             warn!("nftables is not available ({why}): the kernel routes are served in userspace; use --nftables on to fail instead");
