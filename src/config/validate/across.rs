@@ -28,17 +28,6 @@ pub(super) fn unique_names(routes: &[Route], diags: &mut Vec<Diagnostic>) {
     }
 }
 
-/// Routes on the same protocol whose ports overlap and whose addresses intersect conflict
-/// when at least one of them is a kernel route (the kernel would take all the traffic).
-///
-/// Each route is reported once, at its first claim (in sweep order: protocol, port range
-/// start, file order) that meets earlier claims: it names the first of them and counts the
-/// other routes claiming that port, so N routes on one port give N-1 errors, not N^2/2. A
-/// claim that meets exactly one other route is reported at whichever is later in the files.
-/// The sweep over port ranges sorted by start keeps the ranges that can still meet the
-/// next one ([`Active`]) with per-engine counts of distinct routes, so the common cases
-/// (one port range and at most one address per route) cost a logarithmic step per claim
-
 /// A userspace route that can never be chosen: an earlier-ranked route covers all its
 /// ports, addresses and domains. A winner over a route with domains lists its first domain,
 /// and one over a route without domains has none: only those are tried (thousands of

@@ -8,6 +8,17 @@ use std::net::IpAddr;
 use crate::config::{Engine, PortRange, Route, L4};
 use crate::diag::Diagnostic;
 
+/// Routes on the same protocol whose ports overlap and whose addresses intersect conflict
+/// when at least one of them is a kernel route (the kernel would take all the traffic).
+///
+/// Each route is reported once, at its first claim (in sweep order: protocol, port range
+/// start, file order) that meets earlier claims: it names the first of them and counts the
+/// other routes claiming that port, so N routes on one port give N-1 errors, not N^2/2. A
+/// claim that meets exactly one other route is reported at whichever is later in the files.
+/// The sweep over port ranges sorted by start keeps the ranges that can still meet the
+/// next one ([`Active`]) with per-engine counts of distinct routes, so the common cases
+/// (one port range and at most one address per route) cost a logarithmic step per claim
+/// however many routes share the port.
 pub(super) fn conflicts(routes: &[Route], diags: &mut Vec<Diagnostic>) {
     let mut entries: Vec<(L4, PortRange, usize)> = Vec::new();
     for (i, r) in routes.iter().enumerate().filter(|(_, r)| r.enabled) {
