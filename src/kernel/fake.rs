@@ -50,6 +50,18 @@ impl Kernel for FakeKernel {
         Ok("{\"nftables\": []}".to_owned())
     }
 
+    fn list_table_json(&self, _table: &str) -> Result<Option<String>, KernelError> {
+        Ok(None)
+    }
+
+    fn conntrack_entries(&self) -> Result<Option<String>, KernelError> {
+        Ok(None)
+    }
+
+    fn capability(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     fn version(&self) -> String {
         "fake".to_owned()
     }

@@ -1,9 +1,13 @@
-//! The kernel seam. Plan and apply talk to a [`Kernel`]; [`nft::NftKernel`] is the real
-//! one, [`fake::FakeKernel`] an in-memory one for tests. The only code that spawns
-//! processes (nft, unshare, conntrack, the watchdog's `setsid`); serve's capability probe,
-//! which only reads `/proc`, still lives in `serve::kernel`.
+//! The kernel seam: all of smartproxy's process and netlink I/O. Everything that reads or
+//! changes nftables goes through a [`Kernel`]: [`nft::NftKernel`] is the real one (`nft`,
+//! `unshare` for normalisation, `conntrack`), [`fake::FakeKernel`] an in-memory one that
+//! behaves like nftables on our scripts, for tests without root. Besides the trait, this
+//! module holds the ruleset generation query ([`generation`], netlink), the capability
+//! probe ([`probe`], `PATH` and `/proc`) and the confirm watchdog's detached spawn
+//! ([`exec::spawn_session`], `setsid`).
 //!
-//! Only our own table is ever read (`list table inet NAME`), never the whole ruleset.
+//! Only our own table is ever listed (`list table inet NAME`), never the whole ruleset;
+//! the one wider read is the base chains of every table, for preflight.
 //! Every external command runs through [`exec`]: a script reaches nft whole or not at all,
 //! no child outlives us or our lock, and each has a deadline.
 
@@ -11,6 +15,7 @@ pub mod exec;
 pub mod fake;
 pub mod generation;
 pub mod nft;
+pub mod probe;
 
 pub use exec::set_timeout;
 
@@ -38,8 +43,9 @@ pub enum KernelError {
     },
 }
 
-/// What plan and apply need from the kernel. Shared between threads: plan reads the live
-/// table while it works out the desired one.
+/// What plan, apply, status and serve need from the kernel. Shared between threads: plan
+/// reads the live table while it works out the desired one, and serve's owners hold an
+/// `Arc<dyn Kernel + Send + Sync>`.
 pub trait Kernel: Sync {
     /// `nft -s list table inet NAME`: the table without counter values, `None` if absent.
     fn list_table(&self, table: &str) -> Result<Option<String>, KernelError>;
@@ -52,6 +58,12 @@ pub trait Kernel: Sync {
     fn normalise(&self, script: &str, table: &str) -> Result<String, KernelError>;
     /// Base chains of every table (`nft -j list chains`), for preflight checks.
     fn list_chains_json(&self) -> Result<String, KernelError>;
+    /// `nft -j list table inet NAME` (counters with values), `None` when the table is absent.
+    fn list_table_json(&self, table: &str) -> Result<Option<String>, KernelError>;
+    /// `conntrack -L` of this network namespace, `Ok(None)` when conntrack-tools is missing.
+    fn conntrack_entries(&self) -> Result<Option<String>, KernelError>;
+    /// Whether this process can change nftables here (nft found on PATH, CAP_NET_ADMIN); why not.
+    fn capability(&self) -> Result<(), String>;
     /// The namespace's ruleset generation ([`generation`]), `None` when unknown: every
     /// committed transaction changes it.
     fn generation(&self) -> Option<u32> {

@@ -103,6 +103,32 @@ impl Kernel for NftKernel {
         super::generation::current().ok()
     }
 
+    fn list_table_json(&self, table: &str) -> Result<Option<String>, KernelError> {
+        let args = ["-j", "list", "table", "inet", table];
+        match exec(&self.nft, &args, None, Inherit::Nothing) {
+            Ok(text) => Ok(Some(text)),
+            Err(err) if is_absent(&err) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// `conntrack -L`; `Ok(None)` when conntrack-tools is not installed.
+    fn conntrack_entries(&self) -> Result<Option<String>, KernelError> {
+        match exec("conntrack", &["-L"], None, Inherit::Nothing) {
+            Ok(text) => Ok(Some(text)),
+            Err(KernelError::Spawn { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn capability(&self) -> Result<(), String> {
+        super::probe::capability()
+    }
+
     fn version(&self) -> String {
         exec(&self.nft, &["--version"], None, Inherit::Nothing).unwrap_or_default()
     }
