@@ -126,6 +126,7 @@ pub fn desired_listing(
     kernel: &dyn Kernel,
     model: &Model,
     script: &str,
+    notes: &Notes,
 ) -> Result<(String, Listing), KernelError> {
     let env = environment_key(kernel, model);
     let all: Vec<&KernelRoute> = model.kernel.iter().collect();
@@ -144,11 +145,11 @@ pub fn desired_listing(
         hex_digest(&[env.as_bytes(), &json])
     });
 
-    let mut cached: Normalised = sealed(&model.table, NORMALISED)
+    let mut cached: Normalised = sealed(notes, &model.table, NORMALISED)
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
     if !table_part_is_sound(&model.table, &cached) {
-        warn_cache(&model.table, "its table-level part is not ours");
+        warn_cache(notes, &model.table, "its table-level part is not ours");
         cached = Normalised::default();
     }
     let sound: Vec<bool> = crate::config::in_parallel(&all, |r| {
@@ -159,6 +160,7 @@ pub fn desired_listing(
     });
     for (r, _) in all.iter().zip(&sound).filter(|(_, ok)| !**ok) {
         warn_cache(
+            notes,
             &model.table,
             &format!(
                 "the entry of route `{}` is not exactly that route's objects",
@@ -269,28 +271,52 @@ fn normalise_some(
     kernel.normalise(&script, &model.table)
 }
 
-fn warn_cache(table: &str, why: &str) {
-    eprintln!(
-        "warning: cache `{}`: {why}; ignored, rebuilt from the kernel",
+/// What the cache found wrong on the way (a file not to be trusted, a broken seal): the
+/// caller shows them as warnings; the cache itself prints nothing.
+#[derive(Debug, Default)]
+pub struct Notes(std::sync::Mutex<Vec<String>>);
+
+impl Notes {
+    pub fn push(&self, note: String) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(note);
+    }
+
+    /// The notes so far, in the order they came; the collector is empty afterwards.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+fn warn_cache(notes: &Notes, table: &str, why: &str) {
+    notes.push(format!(
+        "cache `{}`: {why}; ignored, rebuilt from the kernel",
         state::path(table, NORMALISED).display()
-    );
+    ));
 }
 
 /// A sealed cache file's text; `None` (with a warning when it was there) when it is absent,
 /// not to be trusted or not matching its seal.
-fn sealed(table: &str, suffix: &str) -> Option<String> {
+fn sealed(notes: &Notes, table: &str, suffix: &str) -> Option<String> {
     match state::read_sealed(table, suffix) {
         Ok(text) => text,
         Err(e) => {
-            eprintln!("warning: {e}");
+            notes.push(e.to_string());
             None
         }
     }
 }
 
 /// A state file written as `generation\ntext` (sealed).
-fn read_generational(table: &str, suffix: &str) -> Option<(u32, String)> {
-    let text = sealed(table, suffix)?;
+fn read_generational(notes: &Notes, table: &str, suffix: &str) -> Option<(u32, String)> {
+    let text = sealed(notes, table, suffix)?;
     let (generation, rest) = text.split_once('\n')?;
     Some((generation.parse().ok()?, rest.to_owned()))
 }
@@ -348,9 +374,11 @@ fn text_is_one_table(table: &str, text: &str, expected: &Listing) -> bool {
 pub fn live_listing(
     kernel: &dyn Kernel,
     table: &str,
+    notes: &Notes,
 ) -> Result<(Option<String>, Option<u32>), KernelError> {
     let generation = kernel.generation();
-    if let (Some(now), Some((then, listing))) = (generation, read_generational(table, LIVE)) {
+    if let (Some(now), Some((then, listing))) = (generation, read_generational(notes, table, LIVE))
+    {
         if now == then {
             return Ok((Some(listing), generation));
         }
@@ -360,14 +388,20 @@ pub fn live_listing(
 
 /// Records what the table holds after our commit of `listing`, when the generation shows
 /// that our commit was the only one since the plan read the table at `planned`.
-pub fn committed(kernel: &dyn Kernel, table: &str, planned: Option<u32>, listing: &str) {
+pub fn committed(
+    kernel: &dyn Kernel,
+    table: &str,
+    planned: Option<u32>,
+    listing: &str,
+    notes: &Notes,
+) {
     match (planned, kernel.generation()) {
         (Some(before), Some(after)) if after == before.wrapping_add(1) => {
             if state::write_sealed(table, LIVE, &format!("{after}\n{listing}")).is_err() {
                 forget_live(table);
             }
             // Our commit touched only our table: what was true of the others still is.
-            match read_generational(table, FOREIGN) {
+            match read_generational(notes, table, FOREIGN) {
                 Some((then, text)) if then == before => {
                     let _ = state::write_sealed(table, FOREIGN, &format!("{after}\n{text}"));
                 }
@@ -383,10 +417,12 @@ pub fn committed(kernel: &dyn Kernel, table: &str, planned: Option<u32>, listing
 pub fn foreign_drop_chains(
     kernel: &dyn Kernel,
     table: &str,
+    notes: &Notes,
     list: impl FnOnce() -> Option<Vec<(String, String, String, String)>>,
 ) -> Vec<(String, String, String, String)> {
     let generation = kernel.generation();
-    if let (Some(now), Some((then, text))) = (generation, read_generational(table, FOREIGN)) {
+    if let (Some(now), Some((then, text))) = (generation, read_generational(notes, table, FOREIGN))
+    {
         if now == then {
             if let Ok(chains) = serde_json::from_str(&text) {
                 return chains;

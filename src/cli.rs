@@ -170,54 +170,7 @@ pub enum Command {
     ///
     /// Reloads on SIGHUP and when a route file changes; an invalid file keeps the running
     /// routes. SIGTERM/SIGINT stop accepting, let open connections finish and exit 0.
-    Serve {
-        /// Route files or directories of `*.toml` files (merged in name order).
-        #[arg(required = true, value_name = "PATH")]
-        paths: Vec<PathBuf>,
-        /// Serve Prometheus metrics at http://ADDR/metrics.
-        #[arg(long, value_name = "ADDR")]
-        metrics: Option<std::net::SocketAddr>,
-        /// Seconds a client has to send its TLS ClientHello (and finish the handshake).
-        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-        hello_timeout: f64,
-        /// Seconds to connect to a target before trying the next one.
-        #[arg(long, value_name = "SECS", default_value_t = 5.0)]
-        connect_timeout: f64,
-        /// Seconds without a byte in either direction before a connection is closed.
-        #[arg(long, value_name = "SECS", default_value_t = 300.0)]
-        idle_timeout: f64,
-        /// Seconds open connections get to finish after SIGTERM/SIGINT.
-        #[arg(long, value_name = "SECS", default_value_t = 30.0)]
-        drain_timeout: f64,
-        /// Seconds between checks of the route files for changes (0: only SIGHUP reloads).
-        #[arg(long, value_name = "SECS", default_value_t = 1.0)]
-        watch_interval: f64,
-        /// Who carries the kernel routes: nftables when available (auto), nftables or fail
-        /// (on), or serve itself (off).
-        #[arg(long, value_enum, default_value_t = crate::serve::kernel::Mode::Auto)]
-        nftables: crate::serve::kernel::Mode,
-        /// On stop, leave the kernel routes in place (default: remove serve's table).
-        #[arg(long)]
-        keep_kernel_routes: bool,
-        /// Seconds between health checks of each target (0: no checks).
-        #[arg(long, value_name = "SECS", default_value_t = 2.0)]
-        health_interval: f64,
-        /// Seconds a health check's TCP connect may take.
-        #[arg(long, value_name = "SECS", default_value_t = 1.0)]
-        health_timeout: f64,
-        /// Failed checks in a row that take a target out.
-        #[arg(long, value_name = "N", default_value_t = 3)]
-        health_fall: u32,
-        /// Passed checks in a row that bring a target back.
-        #[arg(long, value_name = "N", default_value_t = 2)]
-        health_rise: u32,
-        /// Group (name or GID) of the status socket, which is always mode 0660; the state
-        /// directory then becomes mode 0710 in that group, so that its members can reach
-        /// the socket and run `smartproxy status` (default: serve's own group, directory
-        /// unchanged). An unknown group stops serve before it starts.
-        #[arg(long, value_name = "NAME|GID")]
-        socket_group: Option<String>,
-    },
+    Serve(ServeArgs),
     /// Internal: the detached confirm-timeout watchdog.
     #[command(name = "__watchdog", hide = true)]
     Watchdog {
@@ -233,6 +186,107 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// `smartproxy serve`'s flags; [`crate::serve::Options`] is made from them.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Route files or directories of `*.toml` files (merged in name order).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Seconds a client has to send its TLS ClientHello (and finish the handshake).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub hello_timeout: f64,
+    /// Seconds to connect to a target before trying the next one.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub connect_timeout: f64,
+    /// Seconds without a byte in either direction before a connection is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    pub idle_timeout: f64,
+    /// Seconds open connections get to finish after SIGTERM/SIGINT.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub drain_timeout: f64,
+    /// Seconds between checks of the route files for changes (0: only SIGHUP reloads).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub watch_interval: f64,
+    /// Who carries the kernel routes: nftables when available (auto), nftables or fail
+    /// (on), or serve itself (off).
+    #[arg(long, value_enum, default_value_t = NftablesMode::Auto)]
+    pub nftables: NftablesMode,
+    /// On stop, leave the kernel routes in place (default: remove serve's table).
+    #[arg(long)]
+    pub keep_kernel_routes: bool,
+    /// Seconds between health checks of each target (0: no checks).
+    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    pub health_interval: f64,
+    /// Seconds a health check's TCP connect may take.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub health_timeout: f64,
+    /// Failed checks in a row that take a target out.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub health_fall: u32,
+    /// Passed checks in a row that bring a target back.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub health_rise: u32,
+    /// Group (name or GID) of the status socket, which is always mode 0660; the state
+    /// directory then becomes mode 0710 in that group, so that its members can reach
+    /// the socket and run `smartproxy status` (default: serve's own group, directory
+    /// unchanged). An unknown group stops serve before it starts.
+    #[arg(long, value_name = "NAME|GID")]
+    pub socket_group: Option<String>,
+}
+
+/// `serve --nftables`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NftablesMode {
+    /// Use nftables when `nft` is installed and this process holds CAP_NET_ADMIN; else
+    /// serve the kernel routes in userspace, with a warning.
+    Auto,
+    /// Use nftables, or fail.
+    On,
+    /// Serve every route in userspace.
+    Off,
+}
+
+impl From<NftablesMode> for crate::serve::kernel::Mode {
+    fn from(mode: NftablesMode) -> Self {
+        match mode {
+            NftablesMode::Auto => Self::Auto,
+            NftablesMode::On => Self::On,
+            NftablesMode::Off => Self::Off,
+        }
+    }
+}
+
+/// Seconds from the command line as a duration: negative is 0, at most a year.
+fn secs(s: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(s.clamp(0.0, 86_400.0 * 365.0))
+}
+
+impl From<ServeArgs> for crate::serve::Options {
+    fn from(a: ServeArgs) -> Self {
+        crate::serve::Options {
+            paths: a.paths,
+            metrics: a.metrics,
+            hello_timeout: secs(a.hello_timeout),
+            connect_timeout: secs(a.connect_timeout),
+            idle_timeout: secs(a.idle_timeout).max(std::time::Duration::from_millis(100)),
+            drain_timeout: secs(a.drain_timeout),
+            watch_interval: secs(a.watch_interval),
+            nftables: a.nftables.into(),
+            keep_kernel_routes: a.keep_kernel_routes,
+            health: crate::serve::health::Options {
+                interval: secs(a.health_interval),
+                timeout: secs(a.health_timeout).max(std::time::Duration::from_millis(10)),
+                rise: a.health_rise.max(1),
+                fall: a.health_fall.max(1),
+            },
+            socket_group: a.socket_group,
+        }
+    }
 }
 
 /// The shortest confirm window: a shorter one rolls back before anyone can confirm.

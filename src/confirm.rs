@@ -1,5 +1,6 @@
 //! The confirm window of `apply --confirm-timeout`: the pending record, the detached
-//! watchdog that rolls back at the deadline, and the `confirm` and `rollback` commands.
+//! watchdog that rolls back at the deadline, and what the `confirm` and `rollback` commands
+//! do (their flows and output are `crate::cmd::confirm`'s). Prints nothing.
 //!
 //! State files of a table (all through [`crate::state`]):
 //! - `pending`: the window's token, its deadline and the watchdog's pid and start time. It
@@ -12,26 +13,48 @@
 //!   directory was deleted) writes its record back and still rolls back at the deadline.
 //! - `rolledback`: how the last window ended in a rollback (for a late `confirm`).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::kernel::nft::NftKernel;
 use crate::kernel::Kernel;
 use crate::plan;
 use crate::state;
-use crate::{EXIT_ERROR, EXIT_OK};
+
+/// Why a confirm-window step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    /// Arming failed before the commit: nothing was applied.
+    #[error("{what}: {why}; nothing was applied")]
+    NotArmed { what: &'static str, why: String },
+    #[error("nothing to {what}: no apply awaits confirmation in this network namespace{late}")]
+    NothingPending { what: &'static str, late: String },
+    #[error("too late: {0}")]
+    TooLate(String),
+    #[error(
+        "the rollback of table inet {0} is missing from the state directory; nothing was changed (`smartproxy confirm` keeps the applied ruleset)"
+    )]
+    Missing(String),
+    #[error("cannot confirm table inet {table}: {source}")]
+    Settle {
+        table: String,
+        #[source]
+        source: state::StateError,
+    },
+    #[error("the kernel refused the rollback of table inet {table}; the confirm is still pending:\n{why}")]
+    Refused { table: String, why: String },
+    /// The watchdog's rollback failed (the record stays: `confirm` or `rollback` ends it).
+    #[error("{0}")]
+    Restore(String),
+}
 
 /// Tokens kept in `settled`: enough for any window a stopped watchdog may still wait on.
 const SETTLED_KEPT: usize = 16;
 
 /// How often the watchdog looks at its record.
 const POLL: Duration = Duration::from_millis(100);
-
-fn err(msg: impl std::fmt::Display) -> i32 {
-    eprintln!("error: {msg}");
-    EXIT_ERROR
-}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -142,13 +165,6 @@ pub fn pending(table: &str) -> Option<PendingConfirm> {
     })
 }
 
-/// Tells on stderr of a pending confirm of `table` (plan plans all the same).
-pub fn warn_pending(table: &str) {
-    if let Some(p) = pending(table) {
-        eprintln!("warning: {}", p.notice);
-    }
-}
-
 /// Why apply must not touch `table` now: a confirm is pending (message without `error: `).
 pub fn refuse_apply(table: &str) -> Result<(), String> {
     match pending(table) {
@@ -181,7 +197,7 @@ fn settle(table: &str, token: &str) -> Result<(), state::StateError> {
 /// How a rollback restores the table: `quick` undoes only what the apply changed (the
 /// other routes keep their counters, meters and set contents); when it is absent, fails or
 /// does not arrive at `fingerprint`, `full` reloads the table as dumped before the apply.
-pub(crate) struct Rollback {
+pub struct Rollback {
     pub full: String,
     pub quick: Option<String>,
     pub fingerprint: String,
@@ -239,7 +255,7 @@ fn save_rollback(
 }
 
 /// A started watchdog: the token of its window, and the process.
-pub(crate) struct Armed {
+pub struct Armed {
     token: String,
     watchdog: Watchdog,
 }
@@ -248,12 +264,12 @@ pub(crate) struct Armed {
 /// survives SIGKILL of this process and a hung-up terminal, and stays in this namespace).
 /// Returns once the watchdog has read the rollback into memory and its pid is recorded.
 /// Called before the commit, so nothing needs undoing when it fails.
-pub(crate) fn arm_watchdog(
+pub fn arm_watchdog(
     table: &str,
     secs: u64,
     rollback: &Rollback,
     previous_applied: Option<&str>,
-) -> Result<Armed, i32> {
+) -> Result<Armed, Error> {
     let token = format!("{}-{}", std::process::id(), now_ms());
     let mut record = Record {
         token: token.clone(),
@@ -268,25 +284,28 @@ pub(crate) fn arm_watchdog(
         .and_then(|()| state::write(table, "pending", &record.render()));
     if let Err(e) = saved {
         disarm_watchdog(table);
-        return Err(err(format!(
-            "cannot record the pending confirm: {e}; nothing was applied"
-        )));
+        return Err(Error::NotArmed {
+            what: "cannot record the pending confirm",
+            why: e.to_string(),
+        });
     }
     let watchdog = match spawn_watchdog(table, &token, record.deadline_ms) {
         Ok(w) => w,
         Err(e) => {
             disarm_watchdog(table);
-            return Err(err(format!(
-                "cannot start the rollback watchdog: {e}; nothing was applied"
-            )));
+            return Err(Error::NotArmed {
+                what: "cannot start the rollback watchdog",
+                why: e,
+            });
         }
     };
     record.watchdog = Some(watchdog);
     if let Err(e) = state::write(table, "pending", &record.render()) {
         disarm_watchdog(table);
-        return Err(err(format!(
-            "cannot record the pending confirm: {e}; nothing was applied"
-        )));
+        return Err(Error::NotArmed {
+            what: "cannot record the pending confirm",
+            why: e.to_string(),
+        });
     }
     Ok(Armed { token, watchdog })
 }
@@ -319,7 +338,7 @@ fn spawn_watchdog(table: &str, token: &str, deadline_ms: u64) -> Result<Watchdog
 }
 
 /// Moves the deadline of an armed window to `secs` from now (after the commit).
-pub(crate) fn start_window(table: &str, armed: &Armed, secs: u64) -> Result<(), state::StateError> {
+pub fn start_window(table: &str, armed: &Armed, secs: u64) -> Result<(), state::StateError> {
     let record = Record {
         token: armed.token.clone(),
         deadline_ms: deadline_in(secs),
@@ -330,7 +349,7 @@ pub(crate) fn start_window(table: &str, armed: &Armed, secs: u64) -> Result<(), 
 
 /// Ends a pending confirm without a rollback (its transaction never committed, or the
 /// table was destroyed): its watchdog exits, its files go.
-pub(crate) fn disarm_watchdog(table: &str) {
+pub fn disarm_watchdog(table: &str) {
     if let Some(record) = Record::read(table) {
         let _ = settle(table, &record.token);
     }
@@ -363,22 +382,25 @@ enum Next {
 /// then waits for the deadline (re-read from `pending`, which apply moves to the end of
 /// the commit) and rolls back unless the window was ended on purpose. A record that
 /// vanished without that (the state directory was deleted) is written back, and the
-/// deadline still holds. `deadline_ms` is the deadline it was started with.
-pub fn watchdog(table: &str, token: &str, deadline_ms: u64) -> i32 {
+/// deadline still holds. `deadline_ms` is the deadline it was started with; `ready` is
+/// told `(PID, START)` once the rollback is held (the command reports it to apply).
+pub fn watchdog(
+    kernel: &dyn Kernel,
+    table: &str,
+    token: &str,
+    deadline_ms: u64,
+    ready: impl FnOnce(u32, u64),
+) -> Result<(), Error> {
     let Some(held) = Held::load(table) else {
-        return EXIT_ERROR;
+        return Err(Error::Missing(table.to_owned()));
     };
     let pid = std::process::id();
     let me = (pid, start_time(pid).unwrap_or(0));
-    {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "ready {} {}", me.0, me.1);
-        let _ = out.flush();
-    }
+    ready(me.0, me.1);
     let mut deadline = deadline_ms;
     loop {
         match next(table, token, &mut deadline, me, &held) {
-            Next::Ended => return EXIT_OK,
+            Next::Ended => return Ok(()),
             Next::Wait => {
                 std::thread::sleep(POLL);
                 continue;
@@ -393,15 +415,12 @@ pub fn watchdog(table: &str, token: &str, deadline_ms: u64) -> i32 {
             continue;
         };
         match next(table, token, &mut deadline, me, &held) {
-            Next::Ended => return EXIT_OK,
+            Next::Ended => return Ok(()),
             // Apply moved the deadline while we waited for its lock.
             Next::Wait => {}
             Next::Due => {
                 let why = "rolled back: its last apply was not confirmed in time\n";
-                return match roll_back(&NftKernel::default(), table, token, &held, why) {
-                    Ok(()) => EXIT_OK,
-                    Err(_) => EXIT_ERROR,
-                };
+                return roll_back(kernel, table, token, &held, why).map_err(Error::Restore);
             }
         }
     }
@@ -489,7 +508,7 @@ fn roll_back(
 // ---------------------------------------------------------------- confirm, rollback
 
 /// The tables with a pending confirm, `table` only when given.
-fn pending_tables(table: Option<&str>) -> Vec<String> {
+pub fn pending_tables(table: Option<&str>) -> Vec<String> {
     state::pending_tables()
         .into_iter()
         .filter(|t| table.is_none_or(|x| x == t))
@@ -497,74 +516,51 @@ fn pending_tables(table: Option<&str>) -> Vec<String> {
 }
 
 /// `nothing to WHAT: ...`, with how the tables' last windows ended.
-fn nothing_pending(table: Option<&str>, what: &str) -> i32 {
+pub fn nothing_pending(table: Option<&str>, what: &'static str) -> Error {
     let late: String = state::tables_with("rolledback")
         .into_iter()
         .filter(|t| table.is_none_or(|x| x == t))
         .filter_map(|t| state::read(&t, "rolledback").map(|r| (t, r)))
         .map(|(t, r)| format!("; table inet {t} was {}", r.trim()))
         .collect();
-    err(format!(
-        "nothing to {what}: no apply awaits confirmation in this network namespace{late}"
-    ))
+    Error::NothingPending { what, late }
 }
 
-/// `smartproxy confirm [--table T]`: keeps the applied ruleset; 1 when nothing is pending.
-pub fn confirm(table: Option<&str>) -> i32 {
-    let pending = pending_tables(table);
-    if pending.is_empty() {
-        return nothing_pending(table, "confirm");
-    }
-    for t in &pending {
-        let _lock = match state::lock(t, Duration::from_secs(10)) {
-            Ok(l) => l,
-            Err(e) => return err(e),
-        };
-        let Some(record) = Record::read(t) else {
-            return err(format!("too late: table inet {t} was already rolled back"));
-        };
-        if let Err(e) = settle(t, &record.token) {
-            return err(format!("cannot confirm table inet {t}: {e}"));
-        }
-        state::remove(t, "pending");
-        remove_rollback(t);
-        println!("Confirmed: table inet {t} keeps the applied ruleset.");
-    }
-    EXIT_OK
+/// How long `confirm` and `rollback` wait for the table's lock.
+const COMMAND_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Keeps the applied ruleset of table `t`'s pending confirm: its watchdog exits.
+pub fn confirm(t: &str) -> Result<(), Error> {
+    let _lock = state::lock(t, COMMAND_LOCK_WAIT)?;
+    let Some(record) = Record::read(t) else {
+        return Err(Error::TooLate(format!(
+            "table inet {t} was already rolled back"
+        )));
+    };
+    settle(t, &record.token).map_err(|source| Error::Settle {
+        table: t.to_owned(),
+        source,
+    })?;
+    state::remove(t, "pending");
+    remove_rollback(t);
+    Ok(())
 }
 
-/// `smartproxy rollback [--table T]`: restores now what the pending confirm would restore
-/// at its deadline, under the table's lock; 1 when nothing is pending.
-pub fn rollback(table: Option<&str>) -> i32 {
-    let pending = pending_tables(table);
-    if pending.is_empty() {
-        return nothing_pending(table, "roll back");
-    }
-    let kernel = NftKernel::default();
-    for t in &pending {
-        let _lock = match state::lock(t, Duration::from_secs(10)) {
-            Ok(l) => l,
-            Err(e) => return err(e),
-        };
-        let Some(record) = Record::read(t) else {
-            return err(format!(
-                "too late: the confirm of table inet {t} has ended meanwhile"
-            ));
-        };
-        let Some(held) = Held::load(t) else {
-            return err(format!(
-                "the rollback of table inet {t} is missing from the state directory; nothing was changed (`smartproxy confirm` keeps the applied ruleset)"
-            ));
-        };
-        let why = "rolled back by `smartproxy rollback`\n";
-        if let Err(e) = roll_back(&kernel, t, &record.token, &held, why) {
-            return err(format!(
-                "the kernel refused the rollback of table inet {t}; the confirm is still pending:\n{e}"
-            ));
-        }
-        println!("Rolled back: table inet {t} is as it was before the unconfirmed apply.");
-    }
-    EXIT_OK
+/// Restores now what table `t`'s pending confirm would restore at its deadline, under the
+/// table's lock.
+pub fn rollback(kernel: &dyn Kernel, t: &str) -> Result<(), Error> {
+    let _lock = state::lock(t, COMMAND_LOCK_WAIT)?;
+    let Some(record) = Record::read(t) else {
+        return Err(Error::TooLate(format!(
+            "the confirm of table inet {t} has ended meanwhile"
+        )));
+    };
+    let held = Held::load(t).ok_or_else(|| Error::Missing(t.to_owned()))?;
+    let why = "rolled back by `smartproxy rollback`\n";
+    roll_back(kernel, t, &record.token, &held, why).map_err(|why| Error::Refused {
+        table: t.to_owned(),
+        why,
+    })
 }
 
 #[cfg(test)]

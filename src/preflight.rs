@@ -113,7 +113,7 @@ fn drop_chains(kernel: &dyn Kernel, ours: &str) -> Option<Vec<(String, String, S
 }
 
 impl Facts {
-    pub fn gather(kernel: &dyn Kernel, table: &str) -> Facts {
+    pub fn gather(kernel: &dyn Kernel, table: &str, notes: &crate::cache::Notes) -> Facts {
         let boot = std::env::var("SMARTPROXY_BOOT_CONF")
             .unwrap_or_else(|_| "/etc/nftables.conf".to_owned());
         let boot_flush = std::fs::read_to_string(&boot)
@@ -138,7 +138,7 @@ impl Facts {
         Facts {
             ipv4_forwarding: read_flag("/proc/sys/net/ipv4/ip_forward"),
             ipv6_forwarding: read_flag("/proc/sys/net/ipv6/conf/all/forwarding"),
-            drop_chains: crate::cache::foreign_drop_chains(kernel, table, || {
+            drop_chains: crate::cache::foreign_drop_chains(kernel, table, notes, || {
                 drop_chains(kernel, table)
             }),
             boot_flush,

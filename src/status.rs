@@ -476,7 +476,9 @@ pub fn run(paths: &[PathBuf], table: Option<&str>, format: StatusFormat, color: 
         },
     };
     status.pending_confirm = crate::confirm::pending(&table);
-    crate::confirm::warn_pending(&table);
+    if let Some(p) = crate::confirm::pending(&table) {
+        eprintln!("warning: {}", p.notice);
+    }
     let out = match format {
         StatusFormat::Text if absent => format!(
             "table inet {table} does not exist in this network namespace (nothing applied)\n"

@@ -479,17 +479,23 @@ async fn provision(shared: &Arc<Shared>, starting: bool) -> Result<(), String> {
         // Nothing for the kernel: no table (not even an empty one); one of ours with
         // routes the files no longer have goes.
         let gone = table.clone();
-        let removed = tokio::task::spawn_blocking(move || crate::commands::remove_table(&gone))
-            .await
-            .map_err(|e| e.to_string())??;
+        let removed = tokio::task::spawn_blocking(move || {
+            crate::converge::remove_table(&crate::kernel::nft::NftKernel::default(), &gone)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
         if removed {
             info!("removed table inet {table}: the route files have no kernel routes");
         }
         return Ok(());
     }
-    let converged = tokio::task::spawn_blocking(move || crate::commands::converge(&model))
-        .await
-        .map_err(|e| e.to_string())??;
+    let converged = tokio::task::spawn_blocking(move || {
+        crate::converge::converge(&crate::kernel::nft::NftKernel::default(), &model)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
     for w in converged.warnings.iter().take(LOG_DIAGNOSTICS) {
         warn!("{w}");
     }
@@ -769,7 +775,10 @@ async fn shut_down(
             info!("kept the kernel routes in table inet {table} (--keep-kernel-routes)");
         } else {
             let gone = table.to_owned();
-            let removal = tokio::task::spawn_blocking(move || crate::commands::remove_table(&gone));
+            let removal = tokio::task::spawn_blocking(move || {
+                crate::converge::remove_table(&crate::kernel::nft::NftKernel::default(), &gone)
+                    .map_err(|e| e.to_string())
+            });
             let until = tokio::time::Instant::from_std(deadline + REMOVAL_GRACE);
             match tokio::time::timeout_at(until, removal).await {
                 Ok(Ok(Ok(true))) => info!("removed table inet {table}"),
