@@ -287,3 +287,102 @@ fn a_table_left_by_an_earlier_run_is_adopted_without_a_transaction() {
     assert_eq!(k.transactions().len(), count);
     assert_eq!(counter(&k, t, "api"), Some((3, 30)));
 }
+
+/// Arms the confirm window of `planned` as `apply --confirm-timeout` does, with the
+/// watchdog on a thread of this process over the same fake kernel; returns its handle.
+fn arm_on_thread(
+    k: &std::sync::Arc<FakeKernel>,
+    planned: &converge::Planned,
+    secs: u64,
+) -> (
+    smartproxy::confirm::Armed,
+    std::thread::JoinHandle<Result<(), smartproxy::confirm::Error>>,
+) {
+    let undo = converge::rollback(&**k, planned).expect("an undo");
+    let table = planned.plan.table.clone();
+    let mut handle = None;
+    let armed = smartproxy::confirm::arm_watchdog(
+        &table,
+        secs,
+        &undo.rollback,
+        undo.previous_applied.as_deref(),
+        |table, token, deadline| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (k, table, token) = (k.clone(), table.to_owned(), token.to_owned());
+            handle = Some(std::thread::spawn(move || {
+                smartproxy::confirm::watchdog(&*k, &table, &token, deadline, |pid, start| {
+                    let _ = tx.send((pid, start));
+                })
+            }));
+            rx.recv().map_err(|e| e.to_string())
+        },
+    )
+    .expect("arms");
+    (armed, handle.expect("the watchdog started"))
+}
+
+#[test]
+fn an_unconfirmed_apply_is_rolled_back_by_its_watchdog_at_the_deadline() {
+    let k = std::sync::Arc::new(FakeKernel::new());
+    let t = "fk_deadline";
+    converge::converge(&*k, &model(t, &[web(), api("198.51.100.3")])).expect("converges");
+    k.set_counter(t, "c_web", 7, 700);
+    let before = listed(&k, t);
+    let applied_before = state::read(t, "applied");
+
+    let next = model(t, &[web(), api("198.51.100.9")]);
+    let planned =
+        converge::plan(&*k, &next, converge::render(&next).expect("renders")).expect("plans");
+    let (armed, watchdog) = arm_on_thread(&k, &planned, 60);
+    let script = converge::transaction(&planned).expect("a transaction");
+    converge::commit(&*k, &planned, &script).expect("commits");
+    assert!(listed(&k, t).expect("exists").contains("198.51.100.9"));
+    let pending = smartproxy::confirm::pending(t).expect("a confirm is pending");
+    assert!(pending.watchdog_running, "{pending:?}");
+    // The window starts after the commit; a second is enough for the test.
+    smartproxy::confirm::start_window(t, &armed, 1).expect("the window starts");
+    let refused = smartproxy::confirm::refuse_apply(t).expect_err("apply waits for the confirm");
+    assert!(
+        refused.to_string().contains("awaits `smartproxy confirm`"),
+        "{refused}"
+    );
+
+    watchdog
+        .join()
+        .expect("the watchdog thread")
+        .expect("it rolled back");
+    assert_eq!(listed(&k, t), before, "the table is as before the apply");
+    assert_eq!(counter(&k, t, "web"), Some((7, 700)));
+    assert_eq!(state::read(t, "applied"), applied_before);
+    assert!(smartproxy::confirm::pending(t).is_none());
+    assert!(state::read(t, "rolledback")
+        .expect("how the window ended")
+        .contains("not confirmed in time"));
+}
+
+#[test]
+fn a_confirmed_apply_stays_and_its_watchdog_exits_without_touching_the_kernel() {
+    let k = std::sync::Arc::new(FakeKernel::new());
+    let t = "fk_confirmed";
+    converge::converge(&*k, &model(t, &[web()])).expect("converges");
+    let next = model(t, &[web(), api("198.51.100.3")]);
+    let planned =
+        converge::plan(&*k, &next, converge::render(&next).expect("renders")).expect("plans");
+    let (armed, watchdog) = arm_on_thread(&k, &planned, 60);
+    let script = converge::transaction(&planned).expect("a transaction");
+    converge::commit(&*k, &planned, &script).expect("commits");
+    smartproxy::confirm::start_window(t, &armed, 60).expect("the window starts");
+    let after = listed(&k, t);
+    let commits = k.transactions().len();
+
+    smartproxy::confirm::confirm(t).expect("confirms");
+    watchdog
+        .join()
+        .expect("the watchdog thread")
+        .expect("it ends");
+    assert_eq!(k.transactions().len(), commits, "no rollback ran");
+    assert_eq!(listed(&k, t), after);
+    assert!(smartproxy::confirm::pending(t).is_none());
+    let late = smartproxy::confirm::rollback(&*k, t).expect_err("nothing left to roll back");
+    assert!(late.to_string().contains("too late"), "{late}");
+}
