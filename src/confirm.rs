@@ -630,37 +630,39 @@ mod tests {
         h.rollback.full = format!("{FULL}add table inet planted\n");
         let err = restore(&k, "sp", &h).expect_err("refused");
         assert!(err.contains("refused"), "{err}");
-        assert!(k.transactions.lock().expect("lock").is_empty());
+        assert!(k.transactions().is_empty());
     }
 
     #[test]
     fn restore_keeps_the_quick_inverse_when_it_arrives() {
         let k = FakeKernel::default();
-        *k.after_run.lock().expect("lock") = Some(BEFORE.into());
         let h = held(Some(QUICK), &plan::fingerprint(Some(BEFORE)));
         restore(&k, "sp", &h).expect("restores");
-        assert_eq!(*k.transactions.lock().expect("lock"), [QUICK]);
+        assert_eq!(k.transactions(), [QUICK]);
     }
 
     #[test]
     fn restore_reloads_the_dump_when_the_inverse_misses_the_fingerprint() {
         let k = FakeKernel::default();
-        *k.after_run.lock().expect("lock") =
-            Some("table inet sp {\n\tchain by_hand {\n\t}\n}\n".into());
+        let by_hand = "table inet sp {\n\tchain by_hand {\n\t}\n}\n";
+        k.run(by_hand).expect("a chain added by hand");
         let h = held(Some(QUICK), &plan::fingerprint(Some(BEFORE)));
         restore(&k, "sp", &h).expect("restores");
-        assert_eq!(*k.transactions.lock().expect("lock"), [QUICK, FULL]);
+        assert_eq!(k.transactions(), [by_hand, QUICK, FULL]);
+        assert_eq!(k.list_table("sp").expect("lists").as_deref(), Some(BEFORE));
         let k = FakeKernel::default();
+        k.run(QUICK).expect("the table exists");
         restore(&k, "sp", &held(None, "x")).expect("restores");
-        assert_eq!(*k.transactions.lock().expect("lock"), [FULL]);
+        assert_eq!(k.transactions(), [QUICK, FULL]);
     }
 
     #[test]
     fn restore_reports_a_refused_dump() {
-        let k = FakeKernel {
-            fail_with: Some("no".into()),
-            ..FakeKernel::default()
-        };
-        assert!(restore(&k, "sp", &held(Some(QUICK), "x")).is_err());
+        let k = FakeKernel::default();
+        k.run(QUICK).expect("the table exists");
+        k.fail_next("no");
+        let err = restore(&k, "sp", &held(None, "x")).expect_err("refused");
+        assert!(err.contains("no"), "{err}");
+        assert_eq!(k.transactions(), [QUICK]);
     }
 }

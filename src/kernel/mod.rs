@@ -1,9 +1,14 @@
-//! The kernel seam. Plan and apply talk to a [`Kernel`]; [`nft::NftKernel`] is the real
-//! one, [`fake::FakeKernel`] an in-memory one for tests. The only code that spawns
-//! processes (nft, unshare, conntrack, the watchdog's `setsid`); serve's capability probe,
-//! which only reads `/proc`, still lives in `serve::kernel`.
+//! The kernel seam: all of smartproxy's process and netlink I/O. Everything that reads or
+//! changes nftables goes through a [`Kernel`]: [`nft::NftKernel`] is the real one (`nft`,
+//! `unshare` for normalisation, `conntrack`), [`fake::FakeKernel`] an in-memory one that
+//! behaves like nftables on our scripts, for tests without root. Besides the trait, this
+//! module holds the ruleset generation query ([`generation`], netlink), the capability
+//! probe ([`probe`], `PATH` and `/proc`) and the confirm watchdog's detached spawn
+//! ([`exec::spawn_session`], `setsid`).
 //!
-//! Only our own table is ever read (`list table inet NAME`), never the whole ruleset.
+//! Only our own table is ever listed (`list table inet NAME`), never the whole ruleset;
+//! the one wider read is the base chains of every table, for preflight.
+//!
 //! Every external command runs through [`exec`]: a script reaches nft whole or not at all,
 //! no child outlives us or our lock, and each has a deadline.
 
@@ -11,6 +16,7 @@ pub mod exec;
 pub mod fake;
 pub mod generation;
 pub mod nft;
+pub mod probe;
 
 pub use exec::set_timeout;
 
@@ -38,8 +44,9 @@ pub enum KernelError {
     },
 }
 
-/// What plan and apply need from the kernel. Shared between threads: plan reads the live
-/// table while it works out the desired one.
+/// What plan, apply, status and serve need from the kernel. Shared between threads: plan
+/// reads the live table while it works out the desired one, and serve's owners hold an
+/// `Arc<dyn Kernel + Send + Sync>`.
 pub trait Kernel: Sync {
     /// `nft -s list table inet NAME`: the table without counter values, `None` if absent.
     fn list_table(&self, table: &str) -> Result<Option<String>, KernelError>;

@@ -99,21 +99,20 @@ impl Kernel for NftKernel {
         exec(&self.nft, &["-j", "list", "chains"], None, Inherit::Nothing)
     }
 
+    fn generation(&self) -> Option<u32> {
+        super::generation::current().ok()
+    }
+
     fn list_table_json(&self, table: &str) -> Result<Option<String>, KernelError> {
-        match exec(
-            &self.nft,
-            &["-j", "list", "table", "inet", table],
-            None,
-            Inherit::Nothing,
-        ) {
+        let args = ["-j", "list", "table", "inet", table];
+        match exec(&self.nft, &args, None, Inherit::Nothing) {
             Ok(text) => Ok(Some(text)),
             Err(err) if is_absent(&err) => Ok(None),
             Err(err) => Err(err),
         }
     }
 
-    /// Runs `conntrack -L`; conntrack-tools missing (the command cannot be spawned) is
-    /// `Ok(None)`.
+    /// `conntrack -L`; `Ok(None)` when conntrack-tools is not installed.
     fn conntrack_entries(&self) -> Result<Option<String>, KernelError> {
         match exec("conntrack", &["-L"], None, Inherit::Nothing) {
             Ok(text) => Ok(Some(text)),
@@ -127,35 +126,10 @@ impl Kernel for NftKernel {
     }
 
     fn capability(&self) -> Result<(), String> {
-        let on_path = std::env::var_os("PATH").is_some_and(|paths| {
-            std::env::split_paths(&paths).any(|dir| is_executable(&dir.join("nft")))
-        });
-        if !on_path {
-            return Err("`nft` is not installed (not found in PATH)".into());
-        }
-        // CAP_NET_ADMIN is bit 12 of the effective set.
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let effective = status
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-            .unwrap_or(0);
-        if effective & (1 << 12) == 0 {
-            return Err("this process lacks CAP_NET_ADMIN in its network namespace".into());
-        }
-        Ok(())
-    }
-
-    fn generation(&self) -> Option<u32> {
-        super::generation::current().ok()
+        super::probe::capability()
     }
 
     fn version(&self) -> String {
         exec(&self.nft, &["--version"], None, Inherit::Nothing).unwrap_or_default()
     }
-}
-
-fn is_executable(path: &std::path::Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
