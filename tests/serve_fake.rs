@@ -123,6 +123,13 @@ fn table(kernel: &FakeKernel, name: &str) -> Option<String> {
     kernel.list_table(name).expect("the fake lists")
 }
 
+/// A listing's lines in order: the same objects whatever order the chains were made in.
+fn sorted_lines(listing: &str) -> Vec<&str> {
+    let mut lines: Vec<&str> = listing.lines().collect();
+    lines.sort_unstable();
+    lines
+}
+
 const NONE_DOWN: &BTreeSet<SocketAddr> = &BTreeSet::new();
 
 #[test]
@@ -248,10 +255,12 @@ fn a_target_going_down_leaves_the_table_and_coming_back_returns() {
         .provision(&model, NONE_DOWN, false)
         .expect("re-provisions");
     assert!(matches!(done, Provisioned::Changed { .. }), "{done:?}");
+    // The same objects; nft, like the fake, lists re-made chains last.
+    let back = table(&kernel, "sf_health").expect("the table is there");
     assert_eq!(
-        table(&kernel, "sf_health").as_deref(),
-        Some(both.as_str()),
-        "restored"
+        sorted_lines(&back),
+        sorted_lines(&both),
+        "restored:\n{back}"
     );
     assert_eq!(kernel.transactions().len(), 3);
 }
@@ -349,33 +358,69 @@ fn a_refused_reload_logs_nfts_own_message_and_serve_keeps_going() {
     assert!(!smartproxy::status::socket_path("sf_logged").exists());
 }
 
+/// A port of this host nobody listens on (for now).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
 #[test]
-fn health_checks_take_a_dead_target_out_of_the_kernel_table() {
-    // Documentation addresses: nobody answers, so both targets go down at the first check.
+fn health_checks_take_a_dead_target_out_of_the_kernel_table_and_bring_it_back() {
+    // A service on this host (a `redirect` rule), checked on loopback: refused while
+    // nothing listens on its port, answered once something does.
+    let port = free_port();
     let files = Files::new(
         "sf_checked",
-        &route("web", 8001, &["198.51.100.2:80", "198.51.100.3:80"]),
+        &route("web", 8001, &[&format!("127.0.0.1:{port}")]),
     );
+    let redirect = format!("redirect to :{port}");
     let kernel = Arc::new(FakeKernel::new());
     let fast = serve::health::Options {
         interval: Duration::from_millis(50),
-        timeout: Duration::from_millis(50),
+        timeout: Duration::from_millis(200),
         rise: 1,
         fall: 1,
     };
     let (signals, serving) = start(&files, &kernel, fast);
-    wait_until("the health-driven change", || {
-        kernel.transactions().len() >= 2
+    let listed = || table(&kernel, "sf_checked").unwrap_or_default();
+    wait_until("the first provisioning", || listed().contains(&redirect));
+    wait_until("the dead target leaving the table", || {
+        !listed().contains(&redirect) && listed().contains("table inet sf_checked")
     });
-    let listed = table(&kernel, "sf_checked").expect("the table is there");
-    assert!(
-        !listed.contains("198.51.100.2") && !listed.contains("198.51.100.3"),
-        "the dead targets left the table:\n{listed}"
-    );
+    let at_down = kernel.transactions().len();
+    assert!(at_down >= 2, "{at_down}");
+
+    let _v4 = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the target");
+    let _v6 = std::net::TcpListener::bind(("::1", port));
+    wait_until("the target back in the table", || {
+        listed().contains(&redirect)
+    });
+    assert!(kernel.transactions().len() > at_down);
+
     signals.send(Signal::Stop).expect("serve listens");
     serving
         .join()
         .expect("serve ran")
         .expect("serve stopped cleanly");
     assert_eq!(table(&kernel, "sf_checked"), None);
+}
+
+#[test]
+fn nftables_on_refuses_to_start_when_the_kernel_says_it_cannot() {
+    let files = Files::new("sf_nocap", &route("web", 8001, &["198.51.100.2:80"]));
+    let kernel = Arc::new(FakeKernel::new());
+    kernel.set_capability(Err("`nft` is not installed (sf_nocap)".to_owned()));
+    let (_signals, serving) = start(&files, &kernel, serve::health::Options::default());
+    let e = serving
+        .join()
+        .expect("serve ran")
+        .expect_err("serve refuses");
+    assert!(matches!(e, serve::Error::Nftables(_)), "{e:?}");
+    assert!(
+        e.to_string()
+            .starts_with("--nftables on: `nft` is not installed (sf_nocap)"),
+        "{e}"
+    );
+    assert!(kernel.transactions().is_empty());
+    assert_eq!(table(&kernel, "sf_nocap"), None);
 }
