@@ -44,9 +44,9 @@ pub(crate) fn run(
         .try_init();
     let result = start_and_serve(options, kernel, signals);
     if let Err(e) = &result {
-        for line in chain(e).lines().filter(|l| !l.trim().is_empty()) {
-            error!("{line}");
-        }
+        // One event: its first line carries the time and level, the rest (a diagnostic's
+        // source line and carets) stay as `check` renders them.
+        error!("{}", chain(e).trim_end());
         if let Some(closing) = e.closing() {
             error!("{closing}");
         }
