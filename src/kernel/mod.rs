@@ -8,6 +8,7 @@
 //!
 //! Only our own table is ever listed (`list table inet NAME`), never the whole ruleset;
 //! the one wider read is the base chains of every table, for preflight.
+//!
 //! Every external command runs through [`exec`]: a script reaches nft whole or not at all,
 //! no child outlives us or our lock, and each has a deadline.
 
