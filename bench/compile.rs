@@ -15,7 +15,7 @@
 //! affinity, allow and block lists, inline lists, connection and rate limits, byte-rate caps,
 //! QoS, logging, UDP and dual-protocol routes, block routes, port ranges mapped 1:1, and
 //! virtual hosts that share port 443 with one local address each. No two routes conflict
-//! (`conflicts` in src/config/validate.rs): they differ in port or in address.
+//! (`conflicts` in src/config/validate/conflicts.rs): they differ in port or in address.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

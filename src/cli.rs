@@ -305,7 +305,9 @@ fn confirm_secs(s: &str) -> Result<u64, String> {
 /// `--table`: checked where it enters, by the rule route files' `settings.table` follow (a
 /// bad name is a usage error, before anything is touched).
 fn table_arg(name: &str) -> Result<String, String> {
-    crate::config::validate::table_name(name).map(|()| name.to_owned())
+    crate::config::validate::table_name(name)
+        .map(|()| name.to_owned())
+        .map_err(String::from)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

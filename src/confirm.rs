@@ -31,6 +31,9 @@ pub enum Error {
     NotArmed { what: &'static str, why: String },
     #[error("nothing to {what}: no apply awaits confirmation in this network namespace{late}")]
     NothingPending { what: &'static str, late: String },
+    /// An earlier apply awaits its confirm: apply must not touch the table now.
+    #[error("{0}; nothing was applied")]
+    Pending(String),
     #[error("too late: {0}")]
     TooLate(String),
     #[error(
@@ -70,7 +73,7 @@ fn deadline_in(secs: u64) -> u64 {
 
 /// A watchdog process: its pid and its start time (field 22 of `/proc/PID/stat`), so that
 /// another process that got the pid later is not taken for it.
-type Watchdog = (u32, u64);
+pub type Watchdog = (u32, u64);
 
 /// `pending`: one line each for the token, the deadline (ms since the epoch; 0 or absent:
 /// due now) and `PID START` of the watchdog (absent until it reported back).
@@ -166,13 +169,13 @@ pub fn pending(table: &str) -> Option<PendingConfirm> {
 }
 
 /// Why apply must not touch `table` now: a confirm is pending (message without `error: `).
-pub fn refuse_apply(table: &str) -> Result<(), String> {
+pub fn refuse_apply(table: &str) -> Result<(), Error> {
     match pending(table) {
         None => Ok(()),
-        Some(p) if p.watchdog_running => Err(format!(
-            "an earlier apply to table inet {table} awaits `smartproxy confirm` (or its rollback, `smartproxy rollback` to have it now): confirm it first; nothing was applied"
-        )),
-        Some(p) => Err(format!("{}; nothing was applied", p.notice)),
+        Some(p) if p.watchdog_running => Err(Error::Pending(format!(
+            "an earlier apply to table inet {table} awaits `smartproxy confirm` (or its rollback, `smartproxy rollback` to have it now): confirm it first"
+        ))),
+        Some(p) => Err(Error::Pending(p.notice)),
     }
 }
 
@@ -263,12 +266,15 @@ pub struct Armed {
 /// Records the rollback and starts the detached watchdog (`setsid`, its own session: it
 /// survives SIGKILL of this process and a hung-up terminal, and stays in this namespace).
 /// Returns once the watchdog has read the rollback into memory and its pid is recorded.
-/// Called before the commit, so nothing needs undoing when it fails.
+/// Called before the commit, so nothing needs undoing when it fails. `start` starts the
+/// watchdog of `(table, token, deadline_ms)` and returns once it holds the rollback:
+/// [`spawn_watchdog`] in production; tests may run [`watchdog`] on a thread.
 pub fn arm_watchdog(
     table: &str,
     secs: u64,
     rollback: &Rollback,
     previous_applied: Option<&str>,
+    start: impl FnOnce(&str, &str, u64) -> Result<Watchdog, String>,
 ) -> Result<Armed, Error> {
     let token = format!("{}-{}", std::process::id(), now_ms());
     let mut record = Record {
@@ -289,7 +295,7 @@ pub fn arm_watchdog(
             why: e.to_string(),
         });
     }
-    let watchdog = match spawn_watchdog(table, &token, record.deadline_ms) {
+    let watchdog = match start(table, &token, record.deadline_ms) {
         Ok(w) => w,
         Err(e) => {
             disarm_watchdog(table);
@@ -312,7 +318,7 @@ pub fn arm_watchdog(
 
 /// Starts `smartproxy __watchdog` in its own session and waits for its `ready PID START`
 /// line, which it prints once it holds the rollback in memory.
-fn spawn_watchdog(table: &str, token: &str, deadline_ms: u64) -> Result<Watchdog, String> {
+pub fn spawn_watchdog(table: &str, token: &str, deadline_ms: u64) -> Result<Watchdog, String> {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("smartproxy"));
     let deadline = deadline_ms.to_string();
     let args = [

@@ -54,7 +54,7 @@ pub fn run(kernel: &dyn Kernel, ui: &Ui, a: &Args<'_>) -> Outcome {
     planned.notes.iter().for_each(warn);
     let p = &planned.plan;
     let table = p.table.clone();
-    confirm::refuse_apply(&table).map_err(Error::Message)?;
+    confirm::refuse_apply(&table)?;
     print!("{}", p.render(ui.color));
     if !p.has_changes() {
         return Ok(EXIT_OK);
@@ -71,6 +71,7 @@ pub fn run(kernel: &dyn Kernel, ui: &Ui, a: &Args<'_>) -> Outcome {
                 secs,
                 &undo.rollback,
                 undo.previous_applied.as_deref(),
+                confirm::spawn_watchdog,
             )?)
         }
         None => None,

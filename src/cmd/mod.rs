@@ -42,6 +42,8 @@ pub enum Error {
     Kernel(#[from] crate::kernel::KernelError),
     #[error(transparent)]
     Confirm(#[from] crate::confirm::Error),
+    #[error(transparent)]
+    Status(#[from] crate::status::Error),
     #[error("{0}")]
     Message(String),
 }
@@ -160,13 +162,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             paths,
             table,
             format,
-        } => Ok(status::run(
-            &NftKernel::default(),
-            &paths,
-            table.as_deref(),
-            format,
-            color,
-        )),
+        } => status::run(&NftKernel::default(), &ui, &paths, table.as_deref(), format),
         Command::Watchdog {
             table,
             token,
@@ -216,9 +212,24 @@ pub fn load(ui: &Ui, paths: &[PathBuf]) -> Result<config::Config, Error> {
 
 /// [`load`], then lowered to the model (resolving target host names); diagnostics shown.
 pub fn load_model(ui: &Ui, paths: &[PathBuf]) -> Result<crate::model::Model, Error> {
+    load_model_with(ui, paths, true)
+}
+
+/// [`load_model`]; the warnings of valid files shown only when `warnings`.
+pub fn load_model_with(
+    ui: &Ui,
+    paths: &[PathBuf],
+    warnings: bool,
+) -> Result<crate::model::Model, Error> {
     let loaded = config::load(paths);
-    report(ui, &loaded.sources, &loaded.diagnostics);
-    let cfg = loaded.config.as_ref().ok_or(Error::Shown)?;
+    if warnings || loaded.has_errors() {
+        report(ui, &loaded.sources, &loaded.diagnostics);
+    }
+    let cfg = loaded
+        .config
+        .as_ref()
+        .filter(|_| !loaded.has_errors())
+        .ok_or(Error::Shown)?;
     lower::lower(cfg, &lower::SystemResolver).map_err(|diags| {
         report(ui, &loaded.sources, &diags);
         Error::Shown

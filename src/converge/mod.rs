@@ -52,6 +52,8 @@ pub enum Error {
         #[source]
         source: RunError,
     },
+    #[error(transparent)]
+    TableName(#[from] crate::config::validate::InvalidTableName),
     /// A saved plan that may not be used (its text says why).
     #[error("{0}")]
     SavedPlan(String),
@@ -166,7 +168,7 @@ pub fn plan(kernel: &dyn Kernel, model: &Model, script: String) -> Result<Planne
 /// What a saved plan must satisfy before anything of it is used: a valid table name, and
 /// its script and listings touch only that table (nothing else is ever run from it).
 pub fn check_saved(saved: &Plan) -> Result<(), Error> {
-    crate::config::validate::table_name(&saved.table).map_err(Error::SavedPlan)?;
+    crate::config::validate::table_name(&saved.table)?;
     let table = &saved.table;
     for (what, text) in [
         ("desired_script", Some(&saved.desired_script)),

@@ -2,8 +2,10 @@
 //! renderers, name -> route ([`owner`]) for the listing parser, plan and status.
 //!
 //! Route names are `[a-z][a-z0-9_-]*` and always sit behind a prefix, so a name never
-//! collides with an nft keyword or with the shared objects (`masq`, `qos_csN`, the maps).
-//! The templates in `templates/` spell the same names; the render snapshots keep them equal.
+//! collides with an nft keyword or with the table-level objects: the dispatch maps
+//! ([`dnat_map`], [`ROUTE_FILTER`], …), the base chains ([`BASE_CHAINS`]) and the shared
+//! chains (`masq`, `qos_csN`). The templates in `templates/` spell the same names; a test
+//! below renders a script and checks that it declares exactly the names listed here.
 
 use crate::types::Family;
 
@@ -80,6 +82,60 @@ pub fn set(kind: SetKind, f: Family, route: &str) -> String {
 pub const ROUTE_FILTER: &str = "route_filter";
 pub const ROUTE_SNAT: &str = "route_snat";
 pub const ROUTE_QOS: &str = "route_qos";
+
+/// The mark-keyed maps, in the script's order.
+pub const MARK_MAPS: [&str; 3] = [ROUTE_FILTER, ROUTE_SNAT, ROUTE_QOS];
+
+/// The dispatch map the NAT base chains look a connection's destination up in: one per
+/// family, keyed by protocol and port alone (routes without `addresses`, any local
+/// address) or by the destination address too; single ports in a hash map, ranges in an
+/// interval map (`_range`). `dnat4`, `dnat4_range`, `dnat4_addr`, `dnat6_addr_range`, ….
+pub fn dnat_map(f: Family, by_address: bool, range: bool) -> &'static str {
+    match (f, by_address, range) {
+        (Family::V4, false, false) => "dnat4",
+        (Family::V4, false, true) => "dnat4_range",
+        (Family::V4, true, false) => "dnat4_addr",
+        (Family::V4, true, true) => "dnat4_addr_range",
+        (Family::V6, false, false) => "dnat6",
+        (Family::V6, false, true) => "dnat6_range",
+        (Family::V6, true, false) => "dnat6_addr",
+        (Family::V6, true, true) => "dnat6_addr_range",
+    }
+}
+
+/// Every dispatch map's (family, by address, range), in the script's order: per family,
+/// by port, by port range, by address, by address and range.
+pub const DNAT_MAPS: [(Family, bool, bool); 8] = [
+    (Family::V4, false, false),
+    (Family::V4, false, true),
+    (Family::V4, true, false),
+    (Family::V4, true, true),
+    (Family::V6, false, false),
+    (Family::V6, false, true),
+    (Family::V6, true, false),
+    (Family::V6, true, true),
+];
+
+/// The base chains: the NAT hooks (dispatch by destination), and the filter and QoS hooks
+/// (dispatch by the route's mark).
+pub const NAT_PREROUTING: &str = "nat_prerouting";
+pub const NAT_OUTPUT: &str = "nat_output";
+pub const NAT_POSTROUTING: &str = "nat_postrouting";
+pub const FILTER_INPUT: &str = "filter_input";
+pub const FILTER_FORWARD: &str = "filter_forward";
+pub const FILTER_OUTPUT: &str = "filter_output";
+pub const QOS_POSTROUTING: &str = "qos_postrouting";
+
+/// Every base chain, in the script's order.
+pub const BASE_CHAINS: [&str; 7] = [
+    NAT_PREROUTING,
+    NAT_OUTPUT,
+    NAT_POSTROUTING,
+    FILTER_INPUT,
+    FILTER_FORWARD,
+    FILTER_OUTPUT,
+    QOS_POSTROUTING,
+];
 
 /// The shared SNAT chain `masq`, or `masq_random` for fully random ports.
 pub fn masquerade_chain(random: bool) -> &'static str {
@@ -205,6 +261,130 @@ mod tests {
             assert_eq!(owner("map", map), None);
         }
         assert_eq!(owner("chain", "filter_forward"), None);
+    }
+
+    #[test]
+    fn every_dispatch_map_has_its_own_name() {
+        let names: Vec<&str> = DNAT_MAPS
+            .iter()
+            .map(|&(f, by_address, range)| dnat_map(f, by_address, range))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "dnat4",
+                "dnat4_range",
+                "dnat4_addr",
+                "dnat4_addr_range",
+                "dnat6",
+                "dnat6_range",
+                "dnat6_addr",
+                "dnat6_addr_range"
+            ]
+        );
+        assert_eq!(MARK_MAPS, ["route_filter", "route_snat", "route_qos"]);
+        let guarded: Vec<&str> = crate::nft::guard::BASE_CHAINS
+            .iter()
+            .map(|(name, _, _)| *name)
+            .collect();
+        assert_eq!(
+            guarded, BASE_CHAINS,
+            "the guard allows the base chains listed here"
+        );
+    }
+
+    /// The objects a script declares at the top of the table, kind by kind in order:
+    /// (`map`|`chain`|`set`|`counter`, name, whether it is a base chain).
+    fn declared(script: &str) -> Vec<(String, String, bool)> {
+        let lines: Vec<&str> = script.lines().collect();
+        let mut out = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let Some((kind, rest)) = line.strip_prefix('\t').and_then(|l| l.split_once(' ')) else {
+                continue;
+            };
+            if let Some(name) = rest.strip_suffix(" {") {
+                let next = lines.get(i + 1).copied().unwrap_or_default();
+                let base = next.contains("type ") && next.contains(" hook ");
+                out.push((kind.to_owned(), name.to_owned(), base));
+            }
+        }
+        out
+    }
+
+    /// The templates spell the base chains and the maps their rules jump through: the
+    /// script rendered from them declares exactly the table-level names listed here, every
+    /// other object it declares belongs to one of its routes (or is a shared chain), every
+    /// `@name` it uses is declared, and the JSON document declares the same objects.
+    #[test]
+    fn the_rendered_script_declares_exactly_the_names_listed_here() {
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/json/everything.toml"
+        );
+        let loaded = crate::config::load(&[std::path::PathBuf::from(fixture)]);
+        let config = loaded.config.expect("the fixture is valid");
+        let model = crate::lower::lower(&config, &crate::lower::StaticResolver::default())
+            .expect("the fixture names only local hosts");
+        let script = crate::render::render_script(&model).expect("renders");
+        let objects = declared(&script);
+        let of = |kind: &str| -> Vec<&str> {
+            objects
+                .iter()
+                .filter(|(k, _, _)| k == kind)
+                .map(|(_, n, _)| n.as_str())
+                .collect()
+        };
+        let maps: Vec<&str> = DNAT_MAPS
+            .iter()
+            .map(|&(f, by_address, range)| dnat_map(f, by_address, range))
+            .chain(MARK_MAPS)
+            .collect();
+        assert_eq!(of("map"), maps);
+        let base: Vec<&str> = objects
+            .iter()
+            .filter(|(_, _, base)| *base)
+            .map(|(_, n, _)| n.as_str())
+            .collect();
+        assert_eq!(base, BASE_CHAINS);
+        let routes: Vec<&str> = model.kernel.iter().map(|r| r.name.as_str()).collect();
+        let mut shared = 0;
+        for (kind, name, base) in &objects {
+            if kind == "map" || *base {
+                continue;
+            }
+            if kind == "chain" && is_shared_chain(name) {
+                shared += 1;
+                continue;
+            }
+            let route = owner(kind, name);
+            assert!(
+                route.as_deref().is_some_and(|r| routes.contains(&r)),
+                "{kind} {name} belongs to no route of the model"
+            );
+        }
+        assert!(shared > 0, "the fixture uses a shared chain");
+        for word in script.split(|c: char| c.is_whitespace() || c == ',') {
+            if let Some(name) = word.strip_prefix('@') {
+                assert!(
+                    objects
+                        .iter()
+                        .any(|(k, n, _)| n == name && (k == "map" || k == "set")),
+                    "`@{name}` is used but not declared"
+                );
+            }
+        }
+
+        let json: serde_json::Value =
+            serde_json::from_str(&crate::render::json::render_json(&model).expect("renders JSON"))
+                .expect("valid JSON");
+        let commands = json["nftables"].as_array().expect("a command list");
+        for kind in ["map", "chain", "set", "counter"] {
+            let in_json: Vec<&str> = commands
+                .iter()
+                .filter_map(|c| c["add"][kind]["name"].as_str())
+                .collect();
+            assert_eq!(in_json, of(kind), "the JSON document's {kind}s");
+        }
     }
 
     #[test]

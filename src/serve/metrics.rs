@@ -14,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use crate::status::prometheus::{escape_label, ROUTE_FAMILIES};
+
 /// Counters of one route. They survive reloads (keyed by route name).
 #[derive(Debug, Default)]
 pub struct RouteMetrics {
@@ -118,52 +120,6 @@ impl Metrics {
         }
         out
     }
-}
-
-/// serve's per-route metric families: name, type, help (`status` exports the same).
-pub const ROUTE_FAMILIES: [(&str, &str, &str); 7] = [
-    (
-        "smartproxy_serve_connections_total",
-        "counter",
-        "connections accepted for the route",
-    ),
-    (
-        "smartproxy_serve_connections_active",
-        "gauge",
-        "connections open now",
-    ),
-    (
-        "smartproxy_serve_bytes_in_total",
-        "counter",
-        "bytes from clients to targets",
-    ),
-    (
-        "smartproxy_serve_bytes_out_total",
-        "counter",
-        "bytes from targets to clients",
-    ),
-    (
-        "smartproxy_serve_errors_total",
-        "counter",
-        "connections that ended in an error (no target reachable, TLS failure, timeout)",
-    ),
-    (
-        "smartproxy_serve_refused_total",
-        "counter",
-        "connections refused by the route's security settings",
-    ),
-    (
-        "smartproxy_serve_tls_handshakes_total",
-        "counter",
-        "TLS handshakes completed with clients",
-    ),
-];
-
-/// A Prometheus label value, escaped.
-pub fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// More of the exposition: serve's kernel routes and target health (the kernel's part

@@ -47,7 +47,8 @@ pub(super) async fn status(shared: &Arc<Shared>) -> Status {
         let collected = shared
             .kernel
             .get(move || {
-                let counts = crate::status::kernel_counts(&table);
+                let counts =
+                    crate::status::kernel_counts(&crate::kernel::nft::NftKernel::default(), &table);
                 if let Err(e) = &counts {
                     warn!("status: cannot read the kernel's counters: {e}");
                 }
