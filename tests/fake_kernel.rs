@@ -407,3 +407,57 @@ fn the_fake_agrees_with_nft_on_a_full_load_and_an_incremental_change() {
         );
     }
 }
+
+#[test]
+fn status_reads_counters_and_active_connections_through_the_fake() {
+    let k = FakeKernel::new();
+    let t = "fk_status";
+    assert!(smartproxy::status::kernel_counts(&k, t)
+        .expect("an absent table is no error")
+        .is_empty());
+    converge::converge(&k, &model(t, &[web(), api("198.51.100.3")])).expect("converges");
+    k.set_counter(t, "c_web", 12, 3400);
+    let parsed = listing::parse(&listed(&k, t).expect("exists"));
+    let mark = |route: &str| {
+        let hex = parsed.routes[route]
+            .mark
+            .clone()
+            .expect("a route_filter mark");
+        u32::from_str_radix(hex.trim_start_matches("0x"), 16).expect("a hex mark")
+    };
+    let (web_mark, api_mark) = (mark("web"), mark("api"));
+    assert_ne!(web_mark, api_mark);
+    k.set_conntrack(Some(&format!(
+        "tcp 6 431999 ESTABLISHED src=192.0.2.1 dst=192.0.2.9 sport=1 dport=80 mark={web_mark} use=1\n\
+         tcp 6 431999 ESTABLISHED src=192.0.2.2 dst=192.0.2.9 sport=2 dport=80 mark={web_mark} use=1\n\
+         tcp 6 100 TIME_WAIT src=192.0.2.3 dst=192.0.2.9 sport=3 dport=443 mark={api_mark} use=1\n"
+    )));
+    let counts = smartproxy::status::kernel_counts(&k, t).expect("counts");
+    let web = &counts["web"];
+    assert_eq!((web.packets, web.bytes, web.active), (12, 3400, 2));
+    let api = &counts["api"];
+    assert_eq!(
+        (api.packets, api.bytes, api.active),
+        (0, 0, 0),
+        "TIME_WAIT is over"
+    );
+}
+
+#[test]
+fn a_foreign_drop_chain_is_a_warning_of_the_converge() {
+    let k = FakeKernel::new();
+    let t = "fk_preflight";
+    k.run("table ip fk_firewall {\n\tchain input {\n\t\ttype filter hook input priority 0; policy drop;\n\t}\n\tchain forward {\n\t\ttype filter hook forward priority 0; policy accept;\n\t}\n}\n")
+        .expect("someone else's firewall");
+    let r = converge::converge(&k, &model(t, &[web()])).expect("converges");
+    let found: Vec<&String> = r
+        .warnings
+        .iter()
+        .filter(|w| w.contains("table ip fk_firewall"))
+        .collect();
+    assert_eq!(found.len(), 1, "{:?}", r.warnings);
+    assert!(
+        found[0].contains("`input` on hook input with policy drop"),
+        "{found:?}"
+    );
+}
