@@ -2,7 +2,9 @@
 //! [`FakeKernel`]: no root, no `nft`. Each test has its own table; the state directory is
 //! one private temporary directory for the whole binary, set before any test touches it.
 
-use std::path::PathBuf;
+mod common;
+
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use smartproxy::converge;
@@ -37,10 +39,17 @@ fn route(name: &str, port: u16, target: &str, target_port: u16) -> String {
 
 /// The model of a route file for table `table` with `routes`, loaded and lowered offline.
 fn model(table: &str, routes: &[String]) -> Model {
+    model_of(&format!(
+        "[settings]\ntable = \"{table}\"\n{}",
+        routes.concat()
+    ))
+}
+
+/// The model of one route file's text, loaded and lowered offline.
+fn model_of(text: &str) -> Model {
     state_dir();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("routes.toml");
-    let text = format!("[settings]\ntable = \"{table}\"\n{}", routes.concat());
     std::fs::write(&path, text).expect("write the route file");
     let loaded = smartproxy::config::load(std::slice::from_ref(&path));
     let config = loaded
@@ -385,4 +394,169 @@ fn a_confirmed_apply_stays_and_its_watchdog_exits_without_touching_the_kernel() 
     assert!(smartproxy::confirm::pending(t).is_none());
     let late = smartproxy::confirm::rollback(&*k, t).expect_err("nothing left to roll back");
     assert!(late.to_string().contains("too late"), "{late}");
+}
+
+/// Per route: the (kind, name) of its objects and the maps of its elements.
+type Shape = Vec<(String, Vec<(String, String)>, Vec<String>)>;
+
+fn shape(text: &str) -> Shape {
+    let l = listing::parse(text);
+    l.routes
+        .iter()
+        .map(|(name, unit)| {
+            let objects = unit.objects.keys().cloned().collect();
+            let mut maps: Vec<String> = unit.elements.iter().map(|(m, _)| m.clone()).collect();
+            maps.sort();
+            (name.clone(), objects, maps)
+        })
+        .collect()
+}
+
+/// The incremental transaction from `live` to the table `normalised` lists, and the routes
+/// it changes.
+fn step(table: &str, script: &str, normalised: String, live: String) -> (String, Vec<String>) {
+    let plan = smartproxy::plan::plan(
+        table,
+        script.to_owned(),
+        normalised,
+        Some(live),
+        None,
+        Vec::new(),
+    );
+    let changes = plan.changes.iter().map(|c| c.unit.clone()).collect();
+    (smartproxy::apply::transaction(&plan), changes)
+}
+
+#[test]
+fn the_fake_agrees_with_nft_on_a_full_load_and_an_incremental_change() {
+    if !common::netns_available("the_fake_agrees_with_nft_on_a_full_load_and_an_incremental_change")
+    {
+        return;
+    }
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for example in [
+        "weighted.toml",
+        "security-limits.toml",
+        "ipv6.toml",
+        "dns-udp.toml",
+    ] {
+        let text = std::fs::read_to_string(examples.join(example)).expect("the example");
+        let v1 = model_of(&text);
+        let changed = format!(
+            "{}{}",
+            text.replace("198.51.100.3", "198.51.100.7"),
+            route("extra", 7777, "198.51.100.8", 7778)
+        );
+        let v2 = model_of(&changed);
+        let table = v1.table.clone();
+        let (s1, s2) = (
+            converge::render(&v1).expect("renders"),
+            converge::render(&v2).expect("renders"),
+        );
+
+        // The real kernel: a fresh namespace, and a scratch one for normalisation.
+        let ns = common::Netns::new("fake-agree");
+        let scratch = common::Netns::new("fake-norm");
+        ns.nft_ok(&["-f", "-"], Some(&s1));
+        let real_live = ns.nft_ok(&["-s", "list", "table", "inet", &table], None);
+        scratch.nft_ok(&["-f", "-"], Some(&s2));
+        let real_desired = scratch.nft_ok(&["-s", "list", "table", "inet", &table], None);
+        let (real_tx, real_changes) = step(&table, &s2, real_desired.clone(), real_live.clone());
+        ns.nft_ok(&["-f", "-"], Some(&real_tx));
+        let real_after = ns.nft_ok(&["-s", "list", "table", "inet", &table], None);
+
+        // The fake, the same way.
+        let k = FakeKernel::new();
+        k.run(&s1).expect("the fake loads it");
+        let fake_live = listed(&k, &table).expect("exists");
+        let fake_desired = k.normalise(&s2, &table).expect("normalises");
+        let (fake_tx, fake_changes) = step(&table, &s2, fake_desired.clone(), fake_live.clone());
+        k.run(&fake_tx).unwrap_or_else(|e| {
+            panic!("{example}: the fake refuses what nft took: {e}\n{fake_tx}")
+        });
+        let fake_after = listed(&k, &table).expect("exists");
+
+        assert_eq!(shape(&fake_live), shape(&real_live), "{example}: full load");
+        assert!(
+            !real_changes.is_empty(),
+            "{example}: the change changes something"
+        );
+        assert_eq!(
+            fake_changes, real_changes,
+            "{example}: the same routes change"
+        );
+        assert_eq!(
+            shape(&fake_after),
+            shape(&real_after),
+            "{example}: after the change"
+        );
+        assert_eq!(shape(&fake_after), shape(&fake_desired), "{example}");
+        assert_eq!(
+            listing::parse(&fake_after)
+                .table
+                .iter()
+                .map(|o| (&o.kind, &o.name))
+                .collect::<Vec<_>>(),
+            listing::parse(&real_after)
+                .table
+                .iter()
+                .map(|o| (&o.kind, &o.name))
+                .collect::<Vec<_>>(),
+            "{example}: table-level objects"
+        );
+    }
+}
+
+#[test]
+fn status_reads_counters_and_active_connections_through_the_fake() {
+    let k = FakeKernel::new();
+    let t = "fk_status";
+    assert!(smartproxy::status::kernel_counts(&k, t)
+        .expect("an absent table is no error")
+        .is_empty());
+    converge::converge(&k, &model(t, &[web(), api("198.51.100.3")])).expect("converges");
+    k.set_counter(t, "c_web", 12, 3400);
+    let parsed = listing::parse(&listed(&k, t).expect("exists"));
+    let mark = |route: &str| {
+        let hex = parsed.routes[route]
+            .mark
+            .clone()
+            .expect("a route_filter mark");
+        u32::from_str_radix(hex.trim_start_matches("0x"), 16).expect("a hex mark")
+    };
+    let (web_mark, api_mark) = (mark("web"), mark("api"));
+    assert_ne!(web_mark, api_mark);
+    k.set_conntrack(Some(&format!(
+        "tcp 6 431999 ESTABLISHED src=192.0.2.1 dst=192.0.2.9 sport=1 dport=80 mark={web_mark} use=1\n\
+         tcp 6 431999 ESTABLISHED src=192.0.2.2 dst=192.0.2.9 sport=2 dport=80 mark={web_mark} use=1\n\
+         tcp 6 100 TIME_WAIT src=192.0.2.3 dst=192.0.2.9 sport=3 dport=443 mark={api_mark} use=1\n"
+    )));
+    let counts = smartproxy::status::kernel_counts(&k, t).expect("counts");
+    let web = &counts["web"];
+    assert_eq!((web.packets, web.bytes, web.active), (12, 3400, 2));
+    let api = &counts["api"];
+    assert_eq!(
+        (api.packets, api.bytes, api.active),
+        (0, 0, 0),
+        "TIME_WAIT is over"
+    );
+}
+
+#[test]
+fn a_foreign_drop_chain_is_a_warning_of_the_converge() {
+    let k = FakeKernel::new();
+    let t = "fk_preflight";
+    k.run("table ip fk_firewall {\n\tchain input {\n\t\ttype filter hook input priority 0; policy drop;\n\t}\n\tchain forward {\n\t\ttype filter hook forward priority 0; policy accept;\n\t}\n}\n")
+        .expect("someone else's firewall");
+    let r = converge::converge(&k, &model(t, &[web()])).expect("converges");
+    let found: Vec<&String> = r
+        .warnings
+        .iter()
+        .filter(|w| w.contains("table ip fk_firewall"))
+        .collect();
+    assert_eq!(found.len(), 1, "{:?}", r.warnings);
+    assert!(
+        found[0].contains("`input` on hook input with policy drop"),
+        "{found:?}"
+    );
 }

@@ -17,13 +17,13 @@
 
 /// The base chains the templates create: (chain, type, hook).
 pub const BASE_CHAINS: &[(&str, &str, &str)] = &[
-    ("nat_prerouting", "nat", "prerouting"),
-    ("nat_output", "nat", "output"),
-    ("nat_postrouting", "nat", "postrouting"),
-    ("filter_input", "filter", "input"),
-    ("filter_forward", "filter", "forward"),
-    ("filter_output", "filter", "output"),
-    ("qos_postrouting", "filter", "postrouting"),
+    (super::names::NAT_PREROUTING, "nat", "prerouting"),
+    (super::names::NAT_OUTPUT, "nat", "output"),
+    (super::names::NAT_POSTROUTING, "nat", "postrouting"),
+    (super::names::FILTER_INPUT, "filter", "input"),
+    (super::names::FILTER_FORWARD, "filter", "forward"),
+    (super::names::FILTER_OUTPUT, "filter", "output"),
+    (super::names::QOS_POSTROUTING, "filter", "postrouting"),
 ];
 
 /// Object kinds a top-level `add|create|delete|flush` may name (all live inside a table).

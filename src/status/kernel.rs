@@ -116,7 +116,8 @@ fn parse_table(json: &str) -> Result<TableListing, Error> {
             }
         } else if let Some(r) = obj.get("rule") {
             let chain = r.get("chain").and_then(Value::as_str);
-            if matches!(chain, Some("filter_forward" | "filter_input")) && out.mask.is_none() {
+            let filter = [crate::nft::names::FILTER_FORWARD, crate::nft::names::FILTER_INPUT];
+            if chain.is_some_and(|c| filter.contains(&c)) && out.mask.is_none() {
                 out.mask = r
                     .get("expr")
                     .and_then(Value::as_array)
