@@ -28,6 +28,3 @@ pub mod status;
 pub mod types;
 
 pub use cmd::{run, write_completions};
-
-/// (temporary: serve and status still name the exit codes; they move to the cmd layer)
-pub use cmd::{EXIT_ERROR, EXIT_OK};
