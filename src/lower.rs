@@ -393,3 +393,38 @@ mod tests {
         assert_eq!((before[0], before[1]), (after[0], after[2]));
     }
 }
+
+/// For unit tests elsewhere: the model of route files, loaded and lowered offline.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::{Path, PathBuf};
+
+    use crate::model::Model;
+
+    /// The model of one route file at `path` (its hosts resolve without a network).
+    pub(crate) fn model_of_file(path: &Path) -> Model {
+        let loaded = crate::config::load(&[path.to_path_buf()]);
+        let config = loaded
+            .config
+            .unwrap_or_else(|| panic!("valid routes: {:?}", loaded.diagnostics));
+        super::lower(&config, &super::StaticResolver::default())
+            .expect("the routes name only local hosts")
+    }
+
+    /// The model of a route file holding `text`.
+    pub(crate) fn model_of(text: &str) -> Model {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("routes.toml");
+        std::fs::write(&path, text).expect("write routes");
+        model_of_file(&path)
+    }
+
+    /// The model of a fixture under `tests/fixtures/`.
+    pub(crate) fn fixture(name: &str) -> Model {
+        model_of_file(
+            &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(name),
+        )
+    }
+}

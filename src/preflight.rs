@@ -242,15 +242,7 @@ fn names(list: &[&str]) -> String {
 mod tests {
     use super::*;
 
-    fn model(routes: &str) -> Model {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("routes.toml");
-        std::fs::write(&path, routes).expect("write routes");
-        let loaded = crate::config::load(&[path]);
-        let cfg = loaded.config.expect("valid routes");
-        let resolver = crate::lower::StaticResolver(std::collections::BTreeMap::new());
-        crate::lower::lower(&cfg, &resolver).expect("lowers")
-    }
+    use crate::lower::testing::model_of as model;
 
     const SSH_ROUTES: &str = r#"
 [[routes]]

@@ -203,11 +203,22 @@ impl Ui {
 }
 
 /// The one "load and report" step: reads the route files and shows their diagnostics on
-/// stderr; `Err(Error::Shown)` when they hold errors.
-pub fn load(ui: &Ui, paths: &[PathBuf]) -> Result<config::Config, Error> {
+/// stderr (the warnings of valid files only when `warnings`); `Err(Error::Shown)` when
+/// they hold errors. The config is there whenever this is `Ok`.
+fn load_shown(ui: &Ui, paths: &[PathBuf], warnings: bool) -> Result<config::Loaded, Error> {
     let loaded = config::load(paths);
-    report(ui, &loaded.sources, &loaded.diagnostics);
-    loaded.config.ok_or(Error::Shown)
+    if warnings || loaded.has_errors() {
+        report(ui, &loaded.sources, &loaded.diagnostics);
+    }
+    if loaded.has_errors() || loaded.config.is_none() {
+        return Err(Error::Shown);
+    }
+    Ok(loaded)
+}
+
+/// The route files' config, their diagnostics shown ([`load_shown`]).
+pub fn load(ui: &Ui, paths: &[PathBuf]) -> Result<config::Config, Error> {
+    load_shown(ui, paths, true)?.config.ok_or(Error::Shown)
 }
 
 /// [`load`], then lowered to the model (resolving target host names); diagnostics shown.
@@ -221,15 +232,8 @@ pub fn load_model_with(
     paths: &[PathBuf],
     warnings: bool,
 ) -> Result<crate::model::Model, Error> {
-    let loaded = config::load(paths);
-    if warnings || loaded.has_errors() {
-        report(ui, &loaded.sources, &loaded.diagnostics);
-    }
-    let cfg = loaded
-        .config
-        .as_ref()
-        .filter(|_| !loaded.has_errors())
-        .ok_or(Error::Shown)?;
+    let loaded = load_shown(ui, paths, warnings)?;
+    let cfg = loaded.config.as_ref().ok_or(Error::Shown)?;
     lower::lower(cfg, &lower::SystemResolver).map_err(|diags| {
         report(ui, &loaded.sources, &diags);
         Error::Shown

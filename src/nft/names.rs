@@ -317,14 +317,7 @@ mod tests {
     /// `@name` it uses is declared, and the JSON document declares the same objects.
     #[test]
     fn the_rendered_script_declares_exactly_the_names_listed_here() {
-        let fixture = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/json/everything.toml"
-        );
-        let loaded = crate::config::load(&[std::path::PathBuf::from(fixture)]);
-        let config = loaded.config.expect("the fixture is valid");
-        let model = crate::lower::lower(&config, &crate::lower::StaticResolver::default())
-            .expect("the fixture names only local hosts");
+        let model = crate::lower::testing::fixture("json/everything.toml");
         let script = crate::render::render_script(&model).expect("renders");
         let objects = declared(&script);
         let of = |kind: &str| -> Vec<&str> {

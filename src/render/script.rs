@@ -311,14 +311,7 @@ mod tests {
 
     #[test]
     fn the_script_does_not_depend_on_how_many_slices_render_it() {
-        let fixture = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/json/everything.toml"
-        );
-        let loaded = crate::config::load(&[std::path::PathBuf::from(fixture)]);
-        let config = loaded.config.expect("the fixture is valid");
-        let model = crate::lower::lower(&config, &crate::lower::StaticResolver::default())
-            .expect("the fixture names only local hosts");
+        let model = crate::lower::testing::fixture("json/everything.toml");
         let whole = render_in_slices(&model, 1).expect("renders");
         for slices in 2..=model.kernel.len() + 1 {
             let sliced = render_in_slices(&model, slices).expect("renders");

@@ -104,6 +104,15 @@ pub enum Error {
     /// The stop could not remove the table.
     #[error("could not remove table inet {table}: {why}")]
     Removal { table: String, why: String },
+    /// The stop gave up on removing the table (nft hung, or the lock is held elsewhere).
+    #[error(
+        "did not remove table inet {table}: the kernel did not answer within the drain timeout + {} s (nft hung, or another smartproxy holds the table's lock); its routes stay until `smartproxy destroy --table {table}`",
+        grace.as_secs_f64()
+    )]
+    RemovalTimedOut {
+        table: String,
+        grace: std::time::Duration,
+    },
 }
 
 impl Error {
@@ -111,7 +120,7 @@ impl Error {
     /// provisioning failed, that the kernel is as it was).
     fn closing(&self) -> Option<&'static str> {
         match self {
-            Error::Removal { .. } => None,
+            Error::Removal { .. } | Error::RemovalTimedOut { .. } => None,
             Error::Provision(_) => Some("serve did not start; the kernel is as it was"),
             _ => Some("serve did not start"),
         }

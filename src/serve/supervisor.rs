@@ -343,20 +343,23 @@ async fn shut_down(shared: &Arc<Shared>, table: &str, started: Started) -> Resul
         } else {
             let removal = shared.provisioner.remove_blocking(table.to_owned());
             let until = tokio::time::Instant::from_std(deadline + REMOVAL_GRACE);
-            let why = match tokio::time::timeout_at(until, removal).await {
+            let failed = match tokio::time::timeout_at(until, removal).await {
                 Ok(Ok(true)) => {
                     info!("removed table inet {table}");
                     None
                 }
                 Ok(Ok(false)) => None,
-                Ok(Err(e)) => Some(chain(&e)),
-                Err(_) => Some(format!("the kernel did not answer within the drain timeout + {} s (nft hung, or another smartproxy holds the table's lock); its routes stay until `smartproxy destroy --table {table}`", REMOVAL_GRACE.as_secs_f64())),
-            };
-            if let Some(why) = why {
-                result = Err(Error::Removal {
+                Ok(Err(e)) => Some(Error::Removal {
                     table: table.to_owned(),
-                    why,
-                });
+                    why: chain(&e),
+                }),
+                Err(_) => Some(Error::RemovalTimedOut {
+                    table: table.to_owned(),
+                    grace: REMOVAL_GRACE,
+                }),
+            };
+            if let Some(e) = failed {
+                result = Err(e);
             }
         }
     }

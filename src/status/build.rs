@@ -113,15 +113,7 @@ pub fn from_counts(table: &str, counts: BTreeMap<String, KernelCounts>) -> Statu
 mod tests {
     use super::*;
 
-    fn model(routes: &str) -> Model {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("routes.toml");
-        std::fs::write(&path, routes).expect("write routes");
-        let loaded = crate::config::load(&[path]);
-        let cfg = loaded.config.expect("valid routes");
-        let resolver = crate::lower::StaticResolver(BTreeMap::new());
-        crate::lower::lower(&cfg, &resolver).expect("lowers")
-    }
+    use crate::lower::testing::model_of as model;
 
     const ROUTES: &str = r#"
 [settings]

@@ -116,7 +116,10 @@ fn parse_table(json: &str) -> Result<TableListing, Error> {
             }
         } else if let Some(r) = obj.get("rule") {
             let chain = r.get("chain").and_then(Value::as_str);
-            let filter = [crate::nft::names::FILTER_FORWARD, crate::nft::names::FILTER_INPUT];
+            let filter = [
+                crate::nft::names::FILTER_FORWARD,
+                crate::nft::names::FILTER_INPUT,
+            ];
             if chain.is_some_and(|c| filter.contains(&c)) && out.mask.is_none() {
                 out.mask = r
                     .get("expr")
