@@ -383,7 +383,14 @@ fn health_checks_take_a_dead_target_out_of_the_kernel_table_and_bring_it_back() 
     };
     let (signals, serving) = start(&files, &kernel, fast);
     let listed = || table(&kernel, "sf_checked").unwrap_or_default();
-    wait_until("the first provisioning", || listed().contains(&redirect));
+    // The first check may take the target out within 50 ms of the first provisioning:
+    // look at what was committed, not at the table now.
+    wait_until("the first provisioning", || {
+        kernel
+            .transactions()
+            .first()
+            .is_some_and(|t| t.contains(&redirect))
+    });
     wait_until("the dead target leaving the table", || {
         !listed().contains(&redirect) && listed().contains("table inet sf_checked")
     });
@@ -423,4 +430,135 @@ fn nftables_on_refuses_to_start_when_the_kernel_says_it_cannot() {
     );
     assert!(kernel.transactions().is_empty());
     assert_eq!(table(&kernel, "sf_nocap"), None);
+}
+
+/// Waits at most `within` for `done` (the reconcile's promise: about 2 s).
+fn within(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < within,
+            "not within {within:?}: {what}:\n{}",
+            logged()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn serve_puts_its_table_back_when_someone_deletes_flushes_or_edits_it_and_leaves_others_alone() {
+    let files = Files::new("sf_heal", &route("web", 8001, &["198.51.100.2:80"]));
+    let kernel = Arc::new(FakeKernel::new());
+    let foreign_table = "table inet sf_foreign {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\ttcp dport 22 accept\n\t}\n}\n";
+    kernel.run(foreign_table).expect("a foreign table");
+    let foreign = table(&kernel, "sf_foreign");
+    let no_checks = serve::health::Options {
+        interval: Duration::ZERO,
+        ..serve::health::Options::default()
+    };
+    let (signals, serving) = start(&files, &kernel, no_checks);
+    wait_until("the first provisioning", || {
+        table(&kernel, "sf_heal").is_some()
+    });
+    let good = table(&kernel, "sf_heal").expect("provisioned");
+    let limit = Duration::from_secs(3);
+
+    kernel
+        .run("delete table inet sf_heal\n")
+        .expect("deleted by hand");
+    let took = within("the deleted table is back", limit, || {
+        table(&kernel, "sf_heal").as_ref() == Some(&good)
+    });
+    eprintln!("deleted -> back in {took:?}");
+    wait_until("the reconcile's log line", || {
+        logged().contains(
+            "reconcile: table inet sf_heal was deleted outside serve; put back: + (table), + web",
+        )
+    });
+
+    kernel
+        .run("flush table inet sf_heal\n")
+        .expect("flushed by hand");
+    within("the flushed table is whole again", limit, || {
+        table(&kernel, "sf_heal").as_ref() == Some(&good)
+    });
+
+    kernel
+        .run("add rule inet sf_heal f_web drop\n")
+        .expect("a rule added by hand");
+    assert!(table(&kernel, "sf_heal")
+        .expect("there")
+        .contains("\t\tdrop\n"));
+    within("the hand-made rule is gone", limit, || {
+        table(&kernel, "sf_heal").as_ref() == Some(&good)
+    });
+    assert_eq!(
+        table(&kernel, "sf_foreign"),
+        foreign,
+        "the foreign table is untouched"
+    );
+
+    // A change to another table only: serve looks, finds its own table as it should be,
+    // and commits nothing.
+    let commits = kernel.transactions().len();
+    kernel
+        .run("add chain inet sf_foreign other\n")
+        .expect("a foreign change");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        kernel.transactions().len(),
+        commits + 1,
+        "serve committed nothing"
+    );
+    assert!(table(&kernel, "sf_foreign")
+        .expect("there")
+        .contains("chain other"));
+
+    signals.send(Signal::Stop).expect("serve listens");
+    serving
+        .join()
+        .expect("the serve thread")
+        .expect("serve stops cleanly");
+    assert!(
+        table(&kernel, "sf_heal").is_none(),
+        "serve removed its table on stop"
+    );
+    assert!(table(&kernel, "sf_foreign").is_some());
+}
+
+#[test]
+fn a_reconcile_the_kernel_refuses_is_logged_and_retried() {
+    let files = Files::new("sf_retry", &route("web", 8001, &["198.51.100.2:80"]));
+    let kernel = Arc::new(FakeKernel::new());
+    let no_checks = serve::health::Options {
+        interval: Duration::ZERO,
+        ..serve::health::Options::default()
+    };
+    let (signals, serving) = start(&files, &kernel, no_checks);
+    wait_until("the first provisioning", || {
+        table(&kernel, "sf_retry").is_some()
+    });
+    let good = table(&kernel, "sf_retry").expect("provisioned");
+    kernel
+        .run("delete table inet sf_retry\n")
+        .expect("deleted by hand");
+    let refusal = "Error: Could not process rule: Cannot allocate memory (sf_retry)";
+    kernel.fail_next(refusal);
+    wait_until("the refused reconcile's log line", || {
+        let log = logged();
+        log.find("reconcile: could not put table inet sf_retry back")
+            .is_some_and(|at| log[at..].contains(refusal))
+    });
+    // The next try (after a pause of 2 s) puts it back.
+    within(
+        "the table is back on the next try",
+        Duration::from_secs(6),
+        || table(&kernel, "sf_retry").as_ref() == Some(&good),
+    );
+    signals.send(Signal::Stop).expect("serve listens");
+    serving
+        .join()
+        .expect("the serve thread")
+        .expect("serve stops cleanly");
 }

@@ -658,3 +658,102 @@ fn status_and_metrics_agree_with_each_other_and_the_traffic_for_both_engines() {
         assert_eq!(up, Some(1.0), "{route}");
     }
 }
+
+/// Waits up to `limit` for a kernel route's answer; how long it took.
+fn answers_within(t: &Topology, to: &str, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let quick = Duration::from_millis(300);
+        if hello(&t.client, to, quick).is_ok_and(|a| a.starts_with("b1 ")) {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+// Issue 12: serve owns its table and puts it back, whoever deleted, flushed or edited it.
+#[test]
+fn serve_repairs_its_table_after_delete_a_hand_rule_and_flush_ruleset_within_3_s() {
+    if !common::netns_available("serve_repairs_its_table") {
+        return;
+    }
+    let t = Topology::new("skr");
+    let _b1 = Server::start(&t.b1, "b1", &format!("{}:8080", topo::B1_4));
+    let foreign = "table inet foreign {\n\tchain input {\n\t\ttype filter hook input priority 10; policy accept;\n\t\ttcp dport 22 counter accept\n\t}\n}\n";
+    t.gateway.nft_ok(&["-f", "-"], Some(foreign));
+    let foreign_before = t
+        .gateway
+        .nft_ok(&["-s", "list", "table", "inet", "foreign"], None);
+    let b1 = format!("{}:8080", topo::B1_4);
+    let file = write(
+        &t,
+        "heal.toml",
+        &(settings() + &route("web", 8000, "nftables", &[&b1], "")),
+    );
+    let mut serve = Serve::start(&t, &file, &[]);
+    let to = "192.0.2.1:8000";
+    let limit = Duration::from_secs(3);
+    assert!(answers_within(&t, to, limit).is_some(), "{}", serve.log());
+    let good = t
+        .gateway
+        .nft_ok(&["-s", "list", "table", "inet", TABLE], None);
+
+    // 1. Deleted: traffic stops, then answers again.
+    t.gateway.nft_ok(&["delete", "table", "inet", TABLE], None);
+    assert!(hello(&t.client, to, Duration::from_millis(500)).is_err());
+    let took = answers_within(&t, to, limit);
+    assert!(took.is_some(), "not back within 3 s:\n{}", serve.log());
+    eprintln!("deleted table: traffic back after {took:?}");
+    assert!(
+        common::wait_until(limit, || serve.log().contains("was deleted outside serve")),
+        "{}",
+        serve.log()
+    );
+
+    // 2. A rule added by hand (this one drops the route's packets): gone again.
+    t.gateway
+        .nft_ok(&["insert", "rule", "inet", TABLE, "f_web", "drop"], None);
+    let start = Instant::now();
+    let healed = common::wait_until(limit, || {
+        t.gateway
+            .nft_ok(&["-s", "list", "table", "inet", TABLE], None)
+            == good
+    });
+    assert!(healed, "the hand rule stayed:\n{}", serve.log());
+    eprintln!("hand rule: removed after {:?}", start.elapsed());
+    assert!(answers_within(&t, to, limit).is_some());
+    let foreign_now = t
+        .gateway
+        .nft_ok(&["-s", "list", "table", "inet", "foreign"], None);
+    assert_eq!(foreign_now, foreign_before, "the foreign table changed");
+
+    // 3. `flush ruleset` (an admin reloading /etc/nftables.conf): our table comes back, the
+    //    foreign one does not (it is not ours to recreate).
+    t.gateway.nft_ok(&["flush", "ruleset"], None);
+    let took = answers_within(&t, to, limit);
+    assert!(took.is_some(), "not back within 3 s:\n{}", serve.log());
+    eprintln!("flush ruleset: traffic back after {took:?}");
+    let tables = t.gateway.nft_ok(&["list", "tables"], None);
+    assert_eq!(tables.trim(), format!("table inet {TABLE}"), "{tables}");
+    let reconciles = serve
+        .metrics()
+        .into_iter()
+        .find(|(n, _, _, _)| n == "smartproxy_serve_reconciles_total")
+        .map_or(0.0, |(_, _, _, v)| v);
+    assert!(
+        reconciles >= 3.0,
+        "{reconciles}:
+{}",
+        serve.log()
+    );
+
+    serve.signal("TERM");
+    assert_eq!(
+        serve.exit_code(Duration::from_secs(15)),
+        0,
+        "{}",
+        serve.log()
+    );
+    assert!(!table_exists(&t.gateway, TABLE));
+}

@@ -282,6 +282,10 @@ pub struct Converged {
     /// The plan's routes changed, by name and what happened (`add`, `change`, ...).
     pub changes: Vec<String>,
     pub warnings: Vec<String>,
+    /// The ruleset generation the table is known to be `model` at: the one the plan read
+    /// when nothing was committed, our commit's when nobody else committed around it;
+    /// `None` when that cannot be told (look again).
+    pub generation: Option<u32>,
 }
 
 /// Makes table `model.table` what `model` says, without asking: one transaction of the
@@ -303,16 +307,21 @@ pub fn converge(kernel: &dyn Kernel, model: &Model) -> Result<Converged, Error> 
             .map(|c| format!("{} {}", c.action.symbol(), c.unit))
             .collect(),
         warnings,
+        generation: planned.generation,
     };
+    let mut result = result;
     if p.has_changes() {
         let script = transaction(&planned)?;
         if let Some(e) = commit(kernel, &planned, &script)? {
-            let mut result = result;
             result.warnings.push(format!(
                 "applied, but could not record it for drift detection: {e}"
             ));
-            return Ok(result);
         }
+        let after = kernel.generation();
+        result.generation = match (planned.generation, after) {
+            (Some(before), Some(after)) if after == before.wrapping_add(1) => Some(after),
+            _ => None,
+        };
     }
     Ok(result)
 }

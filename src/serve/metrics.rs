@@ -58,6 +58,10 @@ pub struct Metrics {
     pub unrouted: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Times serve found its table changed by someone else and put its routes back.
+    pub reconciles: AtomicU64,
+    /// Reconciles the kernel refused (retried with a growing pause).
+    pub reconcile_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -112,6 +116,16 @@ impl Metrics {
                 "smartproxy_serve_reload_failures_total",
                 "reloads refused (the running configuration stayed)",
                 &self.reload_failures,
+            ),
+            (
+                "smartproxy_serve_reconciles_total",
+                "times the table was found changed outside serve (deleted, flushed, edited) and its routes were put back",
+                &self.reconciles,
+            ),
+            (
+                "smartproxy_serve_reconcile_failures_total",
+                "reconciles that failed (retried with a growing pause, up to 30 s)",
+                &self.reconcile_failures,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");

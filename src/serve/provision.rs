@@ -52,11 +52,72 @@ pub enum Provisioned {
 pub struct Provisioner {
     kernel: Arc<dyn Kernel + Send + Sync>,
     carrier: Carrier,
+    /// The ruleset generation right after serve last made the table what the model says
+    /// (`None`: not yet, or unknown): any other generation means someone committed since.
+    settled: std::sync::Mutex<Option<u32>>,
 }
 
 impl Provisioner {
     pub fn new(kernel: Arc<dyn Kernel + Send + Sync>, carrier: Carrier) -> Provisioner {
-        Provisioner { kernel, carrier }
+        Provisioner {
+            kernel,
+            carrier,
+            settled: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn settled(&self) -> std::sync::MutexGuard<'_, Option<u32>> {
+        self.settled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether anything was committed to the ruleset since serve last provisioned (one
+    /// cheap generation query; no listing). Unknown generations count as a change.
+    pub fn ruleset_moved(&self) -> bool {
+        if self.carrier != Carrier::Kernel {
+            return false;
+        }
+        let now = self.kernel.generation();
+        now.is_none() || now != *self.settled()
+    }
+
+    /// Puts the table back to what `model` says (without the targets in `down`) when the
+    /// ruleset moved since the last provisioning: `Ok(None)` when it did not; otherwise
+    /// what it did. A change by someone else to another table plans to [`Provisioned::Unchanged`]
+    /// and touches nothing.
+    pub fn reconcile(
+        &self,
+        model: &Model,
+        down: &BTreeSet<SocketAddr>,
+    ) -> Result<Option<Provisioned>, Error> {
+        if !self.ruleset_moved() {
+            return Ok(None);
+        }
+        let table = &model.table;
+        let before = self.kernel.list_table(table).ok().flatten().is_some();
+        let done = self.provision_quietly(model, down)?;
+        match &done {
+            Provisioned::Changed { changes, .. } => warn!(
+                "reconcile: table inet {table} was {} outside serve; put back: {}",
+                if before { "changed" } else { "deleted" },
+                changes.join(", ")
+            ),
+            Provisioned::Removed => {
+                warn!("reconcile: table inet {table} reappeared without kernel routes; removed it");
+            }
+            _ => {}
+        }
+        Ok(Some(done))
+    }
+
+    /// [`Provisioner::provision`] without its log lines (a reconcile logs its own).
+    fn provision_quietly(
+        &self,
+        model: &Model,
+        down: &BTreeSet<SocketAddr>,
+    ) -> Result<Provisioned, Error> {
+        self.provision_inner(model, down, false, false)
     }
 
     pub fn carrier(&self) -> Carrier {
@@ -76,54 +137,85 @@ impl Provisioner {
         down: &BTreeSet<SocketAddr>,
         starting: bool,
     ) -> Result<Provisioned, Error> {
+        self.provision_inner(model, down, starting, true)
+    }
+
+    fn provision_inner(
+        &self,
+        model: &Model,
+        down: &BTreeSet<SocketAddr>,
+        starting: bool,
+        log: bool,
+    ) -> Result<Provisioned, Error> {
+        let (done, generation) = self.converge(model, down, starting, log)?;
+        // The generation the table is known to be right at (`None`: look again).
+        *self.settled() = generation;
+        Ok(done)
+    }
+
+    fn converge(
+        &self,
+        model: &Model,
+        down: &BTreeSet<SocketAddr>,
+        starting: bool,
+        log: bool,
+    ) -> Result<(Provisioned, Option<u32>), Error> {
         if self.carrier != Carrier::Kernel {
-            return Ok(Provisioned::NotCarried);
+            return Ok((Provisioned::NotCarried, None));
         }
         let model = kernel::without_down(model, down);
         let table = &model.table;
         if model.kernel.is_empty() {
             // Nothing for the kernel: no table (not even an empty one); one of ours with
             // routes the files no longer have goes.
+            let before = self.kernel.generation();
             return Ok(if self.remove(table)? {
-                info!("removed table inet {table}: the route files have no kernel routes");
-                Provisioned::Removed
+                if log {
+                    info!("removed table inet {table}: the route files have no kernel routes");
+                }
+                (Provisioned::Removed, None)
             } else {
-                Provisioned::Absent
+                (Provisioned::Absent, before)
             });
         }
         let converged = crate::converge::converge(&*self.kernel, &model)?;
-        for w in converged.warnings.iter().take(LOG_DIAGNOSTICS) {
+        let shown = if log { converged.warnings.len() } else { 0 };
+        for w in converged.warnings.iter().take(LOG_DIAGNOSTICS.min(shown)) {
             warn!("{w}");
         }
-        if let Some(more) = converged.warnings.len().checked_sub(LOG_DIAGNOSTICS) {
+        if let Some(more) = shown.checked_sub(LOG_DIAGNOSTICS) {
             if more > 0 {
                 warn!("and {more} more warnings; run `smartproxy plan` on the route files to see them all");
             }
         }
         let s = converged.summary;
-        if starting && converged.existed {
+        let generation = converged.generation;
+        let done = if starting && converged.existed {
             info!(
                 added = s.add,
                 changed = s.change,
                 destroyed = s.destroy,
                 "adopted the existing table inet {table}"
             );
-            Ok(Provisioned::Adopted(s))
+            Provisioned::Adopted(s)
         } else if s == Summary::default() {
-            Ok(Provisioned::Unchanged)
+            Provisioned::Unchanged
         } else {
-            info!(
-                added = s.add,
-                changed = s.change,
-                destroyed = s.destroy,
-                "kernel routes in table inet {table}: {}",
-                converged.changes.join(", ")
-            );
-            Ok(Provisioned::Changed {
+            if log {
+                info!(
+                    added = s.add,
+                    changed = s.change,
+                    destroyed = s.destroy,
+                    "kernel routes in table inet {table}: {}",
+                    converged.changes.join(", ")
+                );
+            }
+            Provisioned::Changed {
                 summary: s,
                 changes: converged.changes,
-            })
-        }
+            }
+        };
+        Ok((done, generation))
     }
 
     /// Deletes table `table`; whether it was there.
@@ -143,6 +235,19 @@ impl Provisioner {
         }
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.provision(model.model(), &down, starting)).await?
+    }
+
+    /// [`Provisioner::reconcile`] on a blocking thread.
+    pub(crate) async fn reconcile_blocking(
+        self: &Arc<Self>,
+        model: Arc<super::load::Loaded>,
+        down: BTreeSet<SocketAddr>,
+    ) -> Result<Option<Provisioned>, Error> {
+        if self.carrier != Carrier::Kernel {
+            return Ok(None);
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.reconcile(model.model(), &down)).await?
     }
 
     /// [`Provisioner::remove`] on a blocking thread.

@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 use super::listen::{bind_all, Accepting};
 use super::load::{self, Loaded};
 use super::signals::{Signal, Signals};
-use super::{chain, health, kernel, metrics, socket, Error, Options, Shared};
+use super::{chain, health, kernel, metrics, provision, socket, Error, Options, Shared};
 use crate::kernel::Kernel;
 
 /// How often each worker's runtime wakes for nothing (see [`start_workers`]).
@@ -219,8 +219,19 @@ async fn watch(
     let abandoned = |what: &str| {
         warn!("stopping during {what}: its kernel change was abandoned; table inet {table} is as nft last committed it");
     };
+    let mut reconcile = Reconcile::default();
     loop {
         tokio::select! {
+            () = tokio::time::sleep_until(reconcile.next) => {
+                let check = shared.provisioner.reconcile_blocking(shared.current(), shared.health.down());
+                match signals.unless(check).await {
+                    Some(outcome) => reconcile.after(shared, table, outcome),
+                    None => {
+                        abandoned("a reconcile");
+                        return;
+                    }
+                }
+            }
             signal = signals.next() => match signal {
                 Signal::Reload => {
                     info!("SIGHUP: reloading");
@@ -263,6 +274,62 @@ async fn watch(
                 }
             }
         }
+    }
+}
+
+/// How often serve looks whether its table was changed by someone else (one generation
+/// query: no listing unless something was committed).
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// The longest pause between reconciles that keep failing.
+const RECONCILE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// When the next reconcile is due: every [`RECONCILE_EVERY`], twice as long after each
+/// failure in a row (up to [`RECONCILE_BACKOFF_MAX`]).
+struct Reconcile {
+    next: tokio::time::Instant,
+    pause: Duration,
+}
+
+impl Default for Reconcile {
+    fn default() -> Self {
+        Reconcile {
+            next: tokio::time::Instant::now() + RECONCILE_EVERY,
+            pause: RECONCILE_EVERY,
+        }
+    }
+}
+
+impl Reconcile {
+    fn after(
+        &mut self,
+        shared: &Shared,
+        table: &str,
+        outcome: Result<Option<provision::Provisioned>, provision::Error>,
+    ) {
+        match outcome {
+            Ok(done) => {
+                if matches!(
+                    done,
+                    Some(provision::Provisioned::Changed { .. } | provision::Provisioned::Removed)
+                ) {
+                    shared.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
+                }
+                self.pause = RECONCILE_EVERY;
+            }
+            Err(e) => {
+                shared
+                    .metrics
+                    .reconcile_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.pause = (self.pause * 2).min(RECONCILE_BACKOFF_MAX);
+                warn!(
+                    "reconcile: could not put table inet {table} back (next try in {} s): {}",
+                    self.pause.as_secs(),
+                    chain(&e)
+                );
+            }
+        }
+        self.next = tokio::time::Instant::now() + self.pause;
     }
 }
 
