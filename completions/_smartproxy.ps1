@@ -83,6 +83,7 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto = on a terminal and NO_COLOR unset')
             [CompletionResult]::new('--kernel-timeout', '--kernel-timeout', [CompletionResultType]::ParameterName, 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards')
             [CompletionResult]::new('--auto-approve', '--auto-approve', [CompletionResultType]::ParameterName, 'Apply without asking')
+            [CompletionResult]::new('--force', '--force', [CompletionResultType]::ParameterName, 'Apply even while a running `smartproxy serve` owns the table (it puts its own routes back within a second)')
             [CompletionResult]::new('--follow-symlinks', '--follow-symlinks', [CompletionResultType]::ParameterName, 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
@@ -107,18 +108,19 @@ Register-ArgumentCompleter -Native -CommandName 'smartproxy' -ScriptBlock {
             break
         }
         'smartproxy;destroy' {
-            [CompletionResult]::new('--table', '--table', [CompletionResultType]::ParameterName, 'The table to remove (default: PATH''s settings, else `smartproxy`)')
+            [CompletionResult]::new('--table', '--table', [CompletionResultType]::ParameterName, 'The table to remove (default: PATH''s settings, else the table a running serve owns, else the only smartproxy table here, else `smartproxy`)')
             [CompletionResult]::new('--lock-timeout', '--lock-timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for another smartproxy''s lock')
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto = on a terminal and NO_COLOR unset')
             [CompletionResult]::new('--kernel-timeout', '--kernel-timeout', [CompletionResultType]::ParameterName, 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards')
             [CompletionResult]::new('--auto-approve', '--auto-approve', [CompletionResultType]::ParameterName, 'Destroy without asking')
+            [CompletionResult]::new('--force', '--force', [CompletionResultType]::ParameterName, 'Destroy even while a running `smartproxy serve` owns the table (it puts its own routes back within a second)')
             [CompletionResult]::new('--follow-symlinks', '--follow-symlinks', [CompletionResultType]::ParameterName, 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
         }
         'smartproxy;status' {
-            [CompletionResult]::new('--table', '--table', [CompletionResultType]::ParameterName, 'The table to report on (default: PATH''s settings, else `smartproxy`)')
+            [CompletionResult]::new('--table', '--table', [CompletionResultType]::ParameterName, 'The table to report on (default: PATH''s settings, else the table a running serve owns, else the only smartproxy table here, else `smartproxy`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'format')
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto = on a terminal and NO_COLOR unset')
             [CompletionResult]::new('--kernel-timeout', '--kernel-timeout', [CompletionResultType]::ParameterName, 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards')

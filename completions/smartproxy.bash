@@ -151,7 +151,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__apply)
-            opts="-h --plan --auto-approve --confirm-timeout --lock-timeout --color --kernel-timeout --follow-symlinks --help"
+            opts="-h --plan --auto-approve --force --confirm-timeout --lock-timeout --color --kernel-timeout --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -293,7 +293,7 @@ _smartproxy() {
             return 0
             ;;
         smartproxy__subcmd__destroy)
-            opts="-h --table --auto-approve --lock-timeout --color --kernel-timeout --follow-symlinks --help"
+            opts="-h --table --auto-approve --force --lock-timeout --color --kernel-timeout --follow-symlinks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -76,6 +76,7 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand --auto-approve 'Apply without asking'
+            cand --force 'Apply even while a running `smartproxy serve` owns the table (it puts its own routes back within a second)'
             cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
@@ -97,17 +98,18 @@ set edit:completion:arg-completer[smartproxy] = {|@words|
             cand --help 'Print help'
         }
         &'smartproxy;destroy'= {
-            cand --table 'The table to remove (default: PATH''s settings, else `smartproxy`)'
+            cand --table 'The table to remove (default: PATH''s settings, else the table a running serve owns, else the only smartproxy table here, else `smartproxy`)'
             cand --lock-timeout 'Seconds to wait for another smartproxy''s lock'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'
             cand --auto-approve 'Destroy without asking'
+            cand --force 'Destroy even while a running `smartproxy serve` owns the table (it puts its own routes back within a second)'
             cand --follow-symlinks 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
             cand -h 'Print help'
             cand --help 'Print help'
         }
         &'smartproxy;status'= {
-            cand --table 'The table to report on (default: PATH''s settings, else `smartproxy`)'
+            cand --table 'The table to report on (default: PATH''s settings, else the table a running serve owns, else the only smartproxy table here, else `smartproxy`)'
             cand --format 'format'
             cand --color 'When to colour output: auto = on a terminal and NO_COLOR unset'
             cand --kernel-timeout 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards'

@@ -82,6 +82,7 @@ always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l kernel-timeout -d 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l auto-approve -d 'Apply without asking'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l force -d 'Apply even while a running `smartproxy serve` owns the table (it puts its own routes back within a second)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand apply" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand confirm" -l table -d 'Only this table (default: every pending table of this network namespace)' -r
@@ -98,16 +99,17 @@ never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand rollback" -l kernel-timeout -d 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand rollback" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand rollback" -s h -l help -d 'Print help'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l table -d 'The table to remove (default: PATH\'s settings, else `smartproxy`)' -r
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l table -d 'The table to remove (default: PATH\'s settings, else the table a running serve owns, else the only smartproxy table here, else `smartproxy`)' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l lock-timeout -d 'Seconds to wait for another smartproxy\'s lock' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l color -d 'When to colour output: auto = on a terminal and NO_COLOR unset' -r -f -a "auto\t''
 always\t''
 never\t''"
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l kernel-timeout -d 'Seconds any one external command (nft, conntrack, unshare) may take before it is killed and the command fails; the lock is free again afterwards' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l auto-approve -d 'Destroy without asking'
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l force -d 'Destroy even while a running `smartproxy serve` owns the table (it puts its own routes back within a second)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -l follow-symlinks -d 'Read route files that are symlinks leading out of their route directory (refused by default, so a link planted in `routes.d` cannot make us read and quote any file)'
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand destroy" -s h -l help -d 'Print help'
-complete -c smartproxy -n "__fish_smartproxy_using_subcommand status" -l table -d 'The table to report on (default: PATH\'s settings, else `smartproxy`)' -r
+complete -c smartproxy -n "__fish_smartproxy_using_subcommand status" -l table -d 'The table to report on (default: PATH\'s settings, else the table a running serve owns, else the only smartproxy table here, else `smartproxy`)' -r
 complete -c smartproxy -n "__fish_smartproxy_using_subcommand status" -l format -r -f -a "text\t''
 json\t''
 prometheus\t'Prometheus text exposition (for node_exporter\'s textfile collector)'"

@@ -115,6 +115,10 @@ pub enum Command {
         /// Apply without asking.
         #[arg(long)]
         auto_approve: bool,
+        /// Apply even while a running `smartproxy serve` owns the table (it puts its own
+        /// routes back within a second).
+        #[arg(long)]
+        force: bool,
         /// Roll back unless `smartproxy confirm` comes within SECS, at least 5 (survives
         /// this process).
         #[arg(long, value_name = "SECS", value_parser = confirm_secs)]
@@ -141,12 +145,17 @@ pub enum Command {
         /// Take the table name from these route files' settings.
         #[arg(value_name = "PATH")]
         path: Option<PathBuf>,
-        /// The table to remove (default: PATH's settings, else `smartproxy`).
+        /// The table to remove (default: PATH's settings, else the table a running serve
+        /// owns, else the only smartproxy table here, else `smartproxy`).
         #[arg(long, value_parser = table_arg)]
         table: Option<String>,
         /// Destroy without asking.
         #[arg(long)]
         auto_approve: bool,
+        /// Destroy even while a running `smartproxy serve` owns the table (it puts its own
+        /// routes back within a second).
+        #[arg(long)]
+        force: bool,
         /// Seconds to wait for another smartproxy's lock.
         #[arg(long, value_name = "SECS", default_value_t = 10.0)]
         lock_timeout: f64,
@@ -160,7 +169,8 @@ pub enum Command {
         /// the table counts).
         #[arg(value_name = "PATH")]
         paths: Vec<PathBuf>,
-        /// The table to report on (default: PATH's settings, else `smartproxy`).
+        /// The table to report on (default: PATH's settings, else the table a running serve
+        /// owns, else the only smartproxy table here, else `smartproxy`).
         #[arg(long, value_parser = table_arg)]
         table: Option<String>,
         #[arg(long, value_enum, default_value_t = StatusFormat::Text)]

@@ -757,3 +757,123 @@ fn serve_repairs_its_table_after_delete_a_hand_rule_and_flush_ruleset_within_3_s
     );
     assert!(!table_exists(&t.gateway, TABLE));
 }
+
+// Issue 12: the CLI respects a running serve, and finds the table when none is named.
+#[test]
+fn apply_and_destroy_refuse_a_table_serve_owns_and_status_and_destroy_find_the_only_table() {
+    use common::cli::{code, show, sp, stderr, stdout};
+    if !common::netns_available("apply_and_destroy_refuse_a_table_serve_owns") {
+        return;
+    }
+    let t = Topology::new("sko");
+    let _b1 = Server::start(&t.b1, "b1", &format!("{}:8080", topo::B1_4));
+    let b1 = format!("{}:8080", topo::B1_4);
+    let served = write(
+        &t,
+        "served.toml",
+        &(settings() + &route("web", 8000, "nftables", &[&b1], "")),
+    );
+    let other = write(
+        &t,
+        "other.toml",
+        &(settings() + &route("web", 8001, "nftables", &[&b1], "")),
+    );
+    let served_path = served.to_string_lossy().into_owned();
+    let other_path = other.to_string_lossy().into_owned();
+    let mut serve = Serve::start(&t, &served, &[]);
+    let listed = || {
+        t.gateway
+            .nft_ok(&["-s", "list", "table", "inet", TABLE], None)
+    };
+    let good = listed();
+
+    let o = sp(&t, &["apply", &other_path, "--auto-approve"], &[]);
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    assert!(
+        stderr(&o).contains("is owned by a running `smartproxy serve`")
+            && stderr(&o).contains("nothing was applied")
+            && stderr(&o).contains("--force"),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(listed(), good, "apply changed serve's table");
+
+    // Without a path or --table, destroy means serve's table, and refuses it.
+    let o = sp(&t, &["destroy", "--auto-approve"], &[]);
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    assert!(
+        stderr(&o).contains(&format!("table inet {TABLE} is owned")),
+        "{}",
+        show(&o)
+    );
+    assert!(stderr(&o).contains("nothing was destroyed"), "{}", show(&o));
+    assert_eq!(listed(), good);
+    let o = sp(&t, &["status", "--format", "json"], &[]);
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    assert!(
+        stdout(&o).contains(&format!("\"table\": \"{TABLE}\"")),
+        "{}",
+        show(&o)
+    );
+
+    // --force: done, with a warning; serve then puts its own routes back.
+    let o = sp(&t, &["destroy", "--auto-approve", "--force"], &[]);
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    assert!(
+        stderr(&o).contains("puts its own routes back"),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(3), || table_exists(&t.gateway, TABLE)),
+        "{}",
+        serve.log()
+    );
+
+    serve.signal("TERM");
+    assert_eq!(
+        serve.exit_code(Duration::from_secs(15)),
+        0,
+        "{}",
+        serve.log()
+    );
+
+    // No serve: the only smartproxy table here is found by name, a foreign one ignored.
+    let edge = write(
+        &t,
+        "edge.toml",
+        &("[settings]\ntable = \"edge\"\n".to_owned()
+            + &route("web", 8002, "nftables", &[&b1], "")),
+    );
+    let edge_path = edge.to_string_lossy().into_owned();
+    let o = sp(&t, &["apply", &edge_path, "--auto-approve"], &[]);
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    t.gateway.nft_ok(
+        &["-f", "-"],
+        Some("table inet foreign {\n\tchain c {\n\t}\n}\n"),
+    );
+    let o = sp(&t, &["status", "--format", "json"], &[]);
+    assert!(stdout(&o).contains("\"table\": \"edge\""), "{}", show(&o));
+    // A second smartproxy table: the name is needed, and both are listed.
+    let o = sp(&t, &["apply", &served_path, "--auto-approve"], &[]);
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    let o = sp(&t, &["destroy", "--auto-approve"], &[]);
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    assert!(
+        stderr(&o).contains(&format!("(inet edge, inet {TABLE})"))
+            && stderr(&o).contains("--table"),
+        "{}",
+        show(&o)
+    );
+    assert!(table_exists(&t.gateway, "edge") && table_exists(&t.gateway, TABLE));
+    let o = sp(&t, &["destroy", "--table", "edge", "--auto-approve"], &[]);
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    let o = sp(&t, &["destroy", "--auto-approve"], &[]);
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    assert!(
+        stdout(&o).contains(&format!("Destroy complete! Table inet {TABLE} removed.")),
+        "{}",
+        show(&o)
+    );
+    assert!(table_exists(&t.gateway, "foreign"));
+}

@@ -13,6 +13,8 @@ pub struct Args<'a> {
     pub paths: &'a [PathBuf],
     pub plan_file: Option<&'a Path>,
     pub auto_approve: bool,
+    /// Apply even while a running serve owns the table.
+    pub force: bool,
     pub confirm_timeout: Option<u64>,
     pub lock_secs: f64,
 }
@@ -36,6 +38,7 @@ fn read_saved(file: &Path) -> Result<Plan, Error> {
 pub fn run(kernel: &dyn Kernel, ui: &Ui, a: &Args<'_>) -> Outcome {
     let (planned, _lock) = if let Some(file) = a.plan_file {
         let saved = read_saved(file)?;
+        super::owner::refuse_if_served(&saved.table, a.force, "applied")?;
         let lock = converge::lock(&saved.table, lock_wait(a.lock_secs))?;
         let planned = converge::resume(kernel, saved).map_err(|e| match e {
             converge::Error::Stale { table } => Error::msg(format!(
@@ -47,6 +50,7 @@ pub fn run(kernel: &dyn Kernel, ui: &Ui, a: &Args<'_>) -> Outcome {
         (planned, lock)
     } else {
         let model = load_model(ui, a.paths)?;
+        super::owner::refuse_if_served(&model.table, a.force, "applied")?;
         let script = converge::render(&model)?;
         let lock = converge::lock(&model.table, lock_wait(a.lock_secs))?;
         (converge::plan(kernel, &model, script)?, lock)

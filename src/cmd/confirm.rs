@@ -14,6 +14,7 @@ pub fn confirm(table: Option<&str>) -> Outcome {
         return Err(confirm::nothing_pending(table, "confirm").into());
     }
     for t in &pending {
+        super::owner::warn_if_served(t);
         confirm::confirm(t)?;
         println!("Confirmed: table inet {t} keeps the applied ruleset.");
     }

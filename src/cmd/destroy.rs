@@ -11,14 +11,15 @@ pub fn run(
     ui: &Ui,
     path: Option<&Path>,
     table: Option<&str>,
-    auto_approve: bool,
+    (auto_approve, force): (bool, bool),
     lock_secs: f64,
 ) -> Outcome {
     let table = match (table, path) {
         (Some(t), _) => t.to_owned(),
         (None, Some(p)) => load(ui, &[p.to_path_buf()])?.settings.table,
-        (None, None) => "smartproxy".to_owned(),
+        (None, None) => super::owner::default_table(kernel)?,
     };
+    super::owner::refuse_if_served(&table, force, "destroyed")?;
     let _lock = converge::lock(&table, lock_wait(lock_secs))?;
     let Some(live) = kernel.list_table(&table)? else {
         println!("Nothing to destroy: table inet {table} does not exist.");
@@ -31,6 +32,11 @@ pub fn run(
     );
     let minus = if ui.color { "\x1b[31m-\x1b[0m" } else { "-" };
     println!("  {minus} table inet {table}\n\nPlan: 0 to add, 0 to change, {routes} to destroy.");
+    if crate::confirm::pending(&table).is_some() {
+        println!(
+            "\nThis also ends the pending confirm of table inet {table}: nothing will roll back."
+        );
+    }
     approved(auto_approve, "destroyed", "destroy")?;
     converge::delete_table(kernel, &table)?;
     crate::confirm::disarm_watchdog(&table);

@@ -7,6 +7,7 @@ mod check;
 mod compile;
 mod confirm;
 mod destroy;
+mod owner;
 mod plan;
 mod serve;
 pub mod status;
@@ -130,6 +131,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             paths,
             plan,
             auto_approve,
+            force,
             confirm_timeout,
             lock_timeout,
         } => apply::run(
@@ -139,6 +141,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
                 paths: &paths,
                 plan_file: plan.as_deref(),
                 auto_approve,
+                force,
                 confirm_timeout,
                 lock_secs: lock_timeout,
             },
@@ -149,13 +152,14 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             path,
             table,
             auto_approve,
+            force,
             lock_timeout,
         } => destroy::run(
             &NftKernel::default(),
             &ui,
             path.as_deref(),
             table.as_deref(),
-            auto_approve,
+            (auto_approve, force),
             lock_timeout,
         ),
         Command::Status {

@@ -18,6 +18,7 @@ pub struct Args<'a> {
 
 pub fn run(kernel: &dyn Kernel, ui: &Ui, a: &Args<'_>) -> Outcome {
     let model = load_model(ui, a.paths)?;
+    super::owner::warn_if_served(&model.table);
     let script = converge::render(&model)?;
     let _lock = converge::lock(&model.table, lock_wait(a.lock_secs))?;
     if let Some(p) = crate::confirm::pending(&model.table) {

@@ -1,5 +1,6 @@
 //! `smartproxy status [PATH...] [--table NAME] [--format F]`: the flow. Which table (the
-//! `--table` given, else the route files', else `smartproxy`), serve's answer when it runs
+//! `--table` given, else the route files', else the one a running serve owns or the only
+//! smartproxy table here, else `smartproxy`), serve's answer when it runs
 //! or else the kernel's counts, the renderer, the output and the exit code.
 
 use std::collections::BTreeMap;
@@ -29,7 +30,7 @@ pub fn run(
     let table = table
         .map(str::to_owned)
         .or_else(|| model.as_ref().map(|m| m.table.clone()))
-        .unwrap_or_else(|| "smartproxy".to_owned());
+        .map_or_else(|| super::owner::default_table(kernel), Ok)?;
     let (mut shown, absent) = match status::ask_serve(&table) {
         Some(s) => (s, false),
         None => match status::read_kernel(kernel, &table)? {

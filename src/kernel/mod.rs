@@ -59,6 +59,8 @@ pub trait Kernel: Sync {
     fn normalise(&self, script: &str, table: &str) -> Result<String, KernelError>;
     /// Base chains of every table (`nft -j list chains`), for preflight checks.
     fn list_chains_json(&self) -> Result<String, KernelError>;
+    /// The names of the `inet` tables of this namespace (`nft list tables inet`), sorted.
+    fn list_tables(&self) -> Result<Vec<String>, KernelError>;
     /// `nft -j list table inet NAME` (counters with values), `None` when the table is absent.
     fn list_table_json(&self, table: &str) -> Result<Option<String>, KernelError>;
     /// `conntrack -L` of this network namespace, `Ok(None)` when conntrack-tools is missing.

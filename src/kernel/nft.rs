@@ -99,6 +99,22 @@ impl Kernel for NftKernel {
         exec(&self.nft, &["-j", "list", "chains"], None, Inherit::Nothing)
     }
 
+    fn list_tables(&self) -> Result<Vec<String>, KernelError> {
+        let text = exec(
+            &self.nft,
+            &["list", "tables", "inet"],
+            None,
+            Inherit::Nothing,
+        )?;
+        let mut names: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("table inet "))
+            .map(|n| n.trim().to_owned())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     fn generation(&self) -> Option<u32> {
         super::generation::current().ok()
     }

@@ -331,6 +331,9 @@ mod tests {
         fn list_chains_json(&self) -> Result<String, KernelError> {
             unreachable!("status reads no chains")
         }
+        fn list_tables(&self) -> Result<Vec<String>, KernelError> {
+            unreachable!("status is told its table")
+        }
         fn list_table_json(&self, table: &str) -> Result<Option<String>, KernelError> {
             assert_eq!(table, "stx", "status lists the table it was asked about");
             match self.table {

@@ -132,6 +132,17 @@ impl Kernel for FakeKernel {
         Ok(self.print(table, true))
     }
 
+    fn list_tables(&self) -> Result<Vec<String>, KernelError> {
+        Ok(self
+            .state()
+            .ruleset
+            .tables
+            .keys()
+            .filter(|(family, _)| family == "inet")
+            .map(|(_, name)| name.clone())
+            .collect())
+    }
+
     fn dump_table(&self, table: &str) -> Result<Option<String>, KernelError> {
         Ok(self.print(table, false))
     }
