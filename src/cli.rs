@@ -295,6 +295,8 @@ impl From<ServeArgs> for crate::serve::Options {
                 fall: a.health_fall.max(1),
             },
             socket_group: a.socket_group,
+            // The command layer turns it on (`--color`, `NO_COLOR`, a terminal).
+            log_color: false,
         }
     }
 }

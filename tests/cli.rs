@@ -343,3 +343,33 @@ fn checked_in_completions_are_current() {
         assert_eq!(out.as_bytes(), expected.as_slice());
     }
 }
+
+// Issue 12, item 4: serve's log carries ANSI escapes only when asked for or on a terminal.
+#[test]
+fn serve_logs_without_escapes_unless_stderr_is_a_terminal_or_color_is_always() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[routes]]\nname = \"web\"\n").expect("write");
+    let serve = |color: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_smartproxy"))
+            .args(["--color", color, "serve", "--nftables", "off"])
+            .arg(&bad)
+            .env_remove("NO_COLOR")
+            .env("SMARTPROXY_STATE_DIR", dir.path().join("state"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("smartproxy runs");
+        assert_eq!(out.status.code(), Some(1));
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(log.contains("serve did not start"), "{log}");
+        log
+    };
+    for color in ["auto", "never"] {
+        let log = serve(color);
+        assert!(!log.contains('\x1b'), "--color {color}: {log:?}");
+    }
+    assert!(
+        serve("always").contains('\x1b'),
+        "--color always colours the log"
+    );
+}

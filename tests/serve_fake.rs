@@ -279,6 +279,7 @@ fn kernel_routes_are_not_provisioned_when_the_kernel_does_not_carry_them() {
 
 fn options(files: &Files, health: serve::health::Options) -> serve::Options {
     serve::Options {
+        log_color: false,
         paths: vec![files.path.clone()],
         metrics: None,
         hello_timeout: Duration::from_secs(5),

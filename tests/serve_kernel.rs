@@ -756,6 +756,8 @@ fn serve_repairs_its_table_after_delete_a_hand_rule_and_flush_ruleset_within_3_s
         serve.log()
     );
     assert!(!table_exists(&t.gateway, TABLE));
+    // Its stderr is a file: no ANSI escapes in the log (issue 12, item 4).
+    assert!(!serve.log().contains('\x1b'), "{:?}", serve.log());
 }
 
 // Issue 12: the CLI respects a running serve, and finds the table when none is named.

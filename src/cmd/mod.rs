@@ -172,7 +172,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             token,
             deadline_ms,
         } => confirm::watchdog(&NftKernel::default(), &table, &token, deadline_ms),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(args, cli.color),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             write_completions(shell, &mut out);

@@ -6,8 +6,19 @@ use super::{Error, Outcome, EXIT_OK};
 use crate::cli::ServeArgs;
 use crate::kernel::nft::NftKernel;
 
-pub fn run(args: ServeArgs) -> Outcome {
-    match crate::serve::run(args.into(), Arc::new(NftKernel::default())) {
+/// `color`: `--color` as given; the log is coloured only when it goes to a terminal (or
+/// `--color always`), never under `NO_COLOR` unless asked for.
+pub fn run(args: ServeArgs, color: crate::cli::Color) -> Outcome {
+    use std::io::IsTerminal;
+    let mut options: crate::serve::Options = args.into();
+    options.log_color = match color {
+        crate::cli::Color::Always => true,
+        crate::cli::Color::Never => false,
+        crate::cli::Color::Auto => {
+            std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
+        }
+    };
+    match crate::serve::run(options, Arc::new(NftKernel::default())) {
         Ok(()) => Ok(EXIT_OK),
         // serve has logged why.
         Err(_) => Err(Error::Shown),

@@ -71,6 +71,9 @@ pub struct Options {
     /// `--socket-group NAME|GID`: the group of the status socket (and of the state
     /// directory, made 0710 so that the group can reach it).
     pub socket_group: Option<String>,
+    /// ANSI colour in the log (the command layer decides: `--color`, `NO_COLOR`, and
+    /// whether stderr is a terminal).
+    pub log_color: bool,
 }
 
 /// Why serve did not start, or did not stop cleanly. [`run`] has logged it already.

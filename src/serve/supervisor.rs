@@ -40,6 +40,7 @@ pub(crate) fn run(
 ) -> Result<(), Error> {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(options.log_color)
         .with_target(false)
         .try_init();
     let result = start_and_serve(options, kernel, signals);
