@@ -57,16 +57,8 @@ fn logged() -> String {
     String::from_utf8_lossy(&log().lock().expect("log")).into_owned()
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}:\n{}",
-            logged()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    within(what, Duration::from_secs(20), done);
 }
 
 fn route(name: &str, port: u16, targets: &[&str]) -> String {
@@ -294,6 +286,14 @@ fn options(files: &Files, health: serve::health::Options) -> serve::Options {
     }
 }
 
+/// Health options without checks (the tests that do not exercise health).
+fn no_checks() -> serve::health::Options {
+    serve::health::Options {
+        interval: Duration::ZERO,
+        ..serve::health::Options::default()
+    }
+}
+
 /// A whole serve of `files` on a thread, through `kernel`, driven by the returned sender.
 fn start(
     files: &Files,
@@ -315,11 +315,7 @@ fn start(
 fn a_refused_reload_logs_nfts_own_message_and_serve_keeps_going() {
     let files = Files::new("sf_logged", &route("web", 8001, &["198.51.100.2:80"]));
     let kernel = Arc::new(FakeKernel::new());
-    let no_checks = serve::health::Options {
-        interval: Duration::ZERO,
-        ..serve::health::Options::default()
-    };
-    let (signals, serving) = start(&files, &kernel, no_checks);
+    let (signals, serving) = start(&files, &kernel, no_checks());
     wait_until("the first provisioning", || {
         kernel.transactions().len() == 1
     });
@@ -454,11 +450,7 @@ fn serve_puts_its_table_back_when_someone_deletes_flushes_or_edits_it_and_leaves
     let foreign_table = "table inet sf_foreign {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\ttcp dport 22 accept\n\t}\n}\n";
     kernel.run(foreign_table).expect("a foreign table");
     let foreign = table(&kernel, "sf_foreign");
-    let no_checks = serve::health::Options {
-        interval: Duration::ZERO,
-        ..serve::health::Options::default()
-    };
-    let (signals, serving) = start(&files, &kernel, no_checks);
+    let (signals, serving) = start(&files, &kernel, no_checks());
     wait_until("the first provisioning", || {
         table(&kernel, "sf_heal").is_some()
     });
@@ -532,11 +524,7 @@ fn serve_puts_its_table_back_when_someone_deletes_flushes_or_edits_it_and_leaves
 fn a_reconcile_the_kernel_refuses_is_logged_and_retried() {
     let files = Files::new("sf_retry", &route("web", 8001, &["198.51.100.2:80"]));
     let kernel = Arc::new(FakeKernel::new());
-    let no_checks = serve::health::Options {
-        interval: Duration::ZERO,
-        ..serve::health::Options::default()
-    };
-    let (signals, serving) = start(&files, &kernel, no_checks);
+    let (signals, serving) = start(&files, &kernel, no_checks());
     wait_until("the first provisioning", || {
         table(&kernel, "sf_retry").is_some()
     });

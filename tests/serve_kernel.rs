@@ -662,14 +662,11 @@ fn status_and_metrics_agree_with_each_other_and_the_traffic_for_both_engines() {
 /// Waits up to `limit` for a kernel route's answer; how long it took.
 fn answers_within(t: &Topology, to: &str, limit: Duration) -> Option<Duration> {
     let start = Instant::now();
-    while start.elapsed() < limit {
-        let quick = Duration::from_millis(300);
-        if hello(&t.client, to, quick).is_ok_and(|a| a.starts_with("b1 ")) {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
+    let quick = Duration::from_millis(300);
+    common::wait_until(limit, || {
+        hello(&t.client, to, quick).is_ok_and(|a| a.starts_with("b1 "))
+    })
+    .then(|| start.elapsed())
 }
 
 // Issue 12: serve owns its table and puts it back, whoever deleted, flushed or edited it.

@@ -92,11 +92,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
     config::set_process_options(config::LoadOptions {
         follow_symlinks: cli.follow_symlinks,
     });
-    let color = match cli.color {
-        Color::Always => true,
-        Color::Never => false,
-        Color::Auto => std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal(),
-    };
+    let color = colored(cli.color, std::io::stdout().is_terminal());
     let ui = Ui { color };
     let outcome = match cli.command {
         Command::Check {
@@ -181,6 +177,16 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
         }
     };
     exit(outcome)
+}
+
+/// Whether output to a stream (`terminal`: it is one) is coloured under `--color`:
+/// `always`, `never`, or `auto` = a terminal and `NO_COLOR` unset.
+pub fn colored(choice: Color, terminal: bool) -> bool {
+    match choice {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::env::var_os("NO_COLOR").is_none() && terminal,
+    }
 }
 
 /// Writes the completion script of one shell (also used to check `completions/`).

@@ -53,12 +53,9 @@ fn ambiguous(what: &str, tables: &[String]) -> Error {
 /// `apply` or `destroy` of `table` (`done`: `applied`, `destroyed`): refused while a running serve owns it, unless
 /// `force` (then only a warning: serve puts its own routes back within a second).
 pub fn refuse_if_served(table: &str, force: bool, done: &str) -> Result<(), Error> {
-    let Some(status) = crate::status::ask_serve(table) else {
+    let Some(pid) = serve_pid(table) else {
         return Ok(());
     };
-    let pid = status
-        .serve
-        .map_or_else(|| "?".to_owned(), |s| s.pid.to_string());
     if force {
         warn(format!(
             "table inet {table} is owned by a running `smartproxy serve` (pid {pid}): it puts its own routes back within a second; change its route files instead, or stop it first"
@@ -72,12 +69,19 @@ pub fn refuse_if_served(table: &str, force: bool, done: &str) -> Result<(), Erro
 
 /// `plan` and `confirm` of `table`: a warning when a running serve owns it.
 pub fn warn_if_served(table: &str) {
-    if let Some(status) = crate::status::ask_serve(table) {
-        let pid = status
-            .serve
-            .map_or_else(|| "?".to_owned(), |s| s.pid.to_string());
+    if let Some(pid) = serve_pid(table) {
         warn(format!(
             "table inet {table} is owned by a running `smartproxy serve` (pid {pid}); it keeps the table as its own route files say"
         ));
     }
+}
+
+/// The pid of the running serve that answers for `table` (`?` when it did not say).
+fn serve_pid(table: &str) -> Option<String> {
+    let status = crate::status::ask_serve(table)?;
+    Some(
+        status
+            .serve
+            .map_or_else(|| "?".to_owned(), |s| s.pid.to_string()),
+    )
 }

@@ -11,13 +11,7 @@ use crate::kernel::nft::NftKernel;
 pub fn run(args: ServeArgs, color: crate::cli::Color) -> Outcome {
     use std::io::IsTerminal;
     let mut options: crate::serve::Options = args.into();
-    options.log_color = match color {
-        crate::cli::Color::Always => true,
-        crate::cli::Color::Never => false,
-        crate::cli::Color::Auto => {
-            std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
-        }
-    };
+    options.log_color = super::colored(color, std::io::stderr().is_terminal());
     match crate::serve::run(options, Arc::new(NftKernel::default())) {
         Ok(()) => Ok(EXIT_OK),
         // serve has logged why.

@@ -95,12 +95,12 @@ impl Provisioner {
             return Ok(None);
         }
         let table = &model.table;
-        let before = self.kernel.list_table(table).ok().flatten().is_some();
-        let done = self.provision_quietly(model, down)?;
+        // Quietly: a reconcile logs its own line.
+        let (done, existed) = self.provision_inner(model, down, false, false)?;
         match &done {
             Provisioned::Changed { changes, .. } => warn!(
                 "reconcile: table inet {table} was {} outside serve; put back: {}",
-                if before { "changed" } else { "deleted" },
+                if existed { "changed" } else { "deleted" },
                 changes.join(", ")
             ),
             Provisioned::Removed => {
@@ -109,15 +109,6 @@ impl Provisioner {
             _ => {}
         }
         Ok(Some(done))
-    }
-
-    /// [`Provisioner::provision`] without its log lines (a reconcile logs its own).
-    fn provision_quietly(
-        &self,
-        model: &Model,
-        down: &BTreeSet<SocketAddr>,
-    ) -> Result<Provisioned, Error> {
-        self.provision_inner(model, down, false, false)
     }
 
     pub fn carrier(&self) -> Carrier {
@@ -137,7 +128,7 @@ impl Provisioner {
         down: &BTreeSet<SocketAddr>,
         starting: bool,
     ) -> Result<Provisioned, Error> {
-        self.provision_inner(model, down, starting, true)
+        Ok(self.provision_inner(model, down, starting, true)?.0)
     }
 
     fn provision_inner(
@@ -146,11 +137,11 @@ impl Provisioner {
         down: &BTreeSet<SocketAddr>,
         starting: bool,
         log: bool,
-    ) -> Result<Provisioned, Error> {
-        let (done, generation) = self.converge(model, down, starting, log)?;
+    ) -> Result<(Provisioned, bool), Error> {
+        let (done, generation, existed) = self.converge(model, down, starting, log)?;
         // The generation the table is known to be right at (`None`: look again).
         *self.settled() = generation;
-        Ok(done)
+        Ok((done, existed))
     }
 
     fn converge(
@@ -159,9 +150,9 @@ impl Provisioner {
         down: &BTreeSet<SocketAddr>,
         starting: bool,
         log: bool,
-    ) -> Result<(Provisioned, Option<u32>), Error> {
+    ) -> Result<(Provisioned, Option<u32>, bool), Error> {
         if self.carrier != Carrier::Kernel {
-            return Ok((Provisioned::NotCarried, None));
+            return Ok((Provisioned::NotCarried, None, false));
         }
         let model = kernel::without_down(model, down);
         let table = &model.table;
@@ -173,9 +164,9 @@ impl Provisioner {
                 if log {
                     info!("removed table inet {table}: the route files have no kernel routes");
                 }
-                (Provisioned::Removed, None)
+                (Provisioned::Removed, None, true)
             } else {
-                (Provisioned::Absent, before)
+                (Provisioned::Absent, before, false)
             });
         }
         let converged = crate::converge::converge(&*self.kernel, &model)?;
@@ -215,7 +206,7 @@ impl Provisioner {
                 changes: converged.changes,
             }
         };
-        Ok((done, generation))
+        Ok((done, generation, converged.existed))
     }
 
     /// Deletes table `table`; whether it was there.
